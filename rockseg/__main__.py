@@ -1,0 +1,3 @@
+from rockseg.cli import main
+
+main()

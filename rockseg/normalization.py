@@ -1,0 +1,123 @@
+"""Global intensity statistics and the normalisation a network sees.
+
+Normalisation is global: statistics are computed once for a whole volume (in the same single pass that converts
+it, or once before prediction) and never per tile or per block, which would make visible seams.
+The network input is ``(x - p_low) / (p_high - p_low)``, with ``p_low`` and ``p_high`` the 0.5th and 99.5th
+percentiles of the volume, so grey values of any bit depth map to roughly [0, 1].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from rockseg.errors import InputError
+
+P_LOW = 0.5
+P_HIGH = 99.5
+_MAX_SAMPLES = 1 << 22
+
+
+class IntensityAccumulator:
+    """Accumulate intensity statistics over slabs of a volume in one pass, with bounded memory.
+
+    Integer volumes of 8 or 16 bits get an exact histogram (so exact percentiles); other dtypes keep a regular
+    subsample of at most ~4 M values for the percentiles, while min, max, mean and std stay exact.
+    """
+
+    def __init__(self, dtype: np.dtype, total: int | None = None) -> None:
+        self.dtype = np.dtype(dtype)
+        self.count = 0
+        self.sum = 0.0
+        self.sumsq = 0.0
+        self.min = np.inf
+        self.max = -np.inf
+        self._exact = self.dtype.kind in "uib" and self.dtype.itemsize <= 2
+        self._offset = int(np.iinfo(self.dtype).min) if self.dtype.kind in "ui" else 0
+        self._hist = np.zeros(1 << (8 * self.dtype.itemsize), np.int64) if self._exact else None
+        self._stride = max(1, (total or 0) // _MAX_SAMPLES)
+        self._samples: list[np.ndarray] = []
+        self._nsamples = 0
+
+    def update(self, slab: np.ndarray) -> None:
+        """Add one slab (any shape) of the volume."""
+        flat = np.asarray(slab).ravel()
+        if flat.size == 0:
+            return
+        if flat.dtype.kind == "f" and not np.isfinite(flat).all():
+            raise InputError("the volume holds NaN or Inf values: replace them (e.g. with 0) before using it")
+        self.count += flat.size
+        f64 = flat.astype(np.float64, copy=False)
+        self.sum += float(f64.sum())
+        self.sumsq += float(np.square(f64).sum())
+        self.min = min(self.min, float(flat.min()))
+        self.max = max(self.max, float(flat.max()))
+        if self._exact:
+            values = flat.astype(np.int64) - self._offset if self._offset else flat
+            self._hist += np.bincount(values, minlength=self._hist.size)
+        else:
+            sample = flat[:: self._stride].astype(np.float64)
+            self._samples.append(sample)
+            self._nsamples += sample.size
+            if self._nsamples > 2 * _MAX_SAMPLES:
+                merged = np.concatenate(self._samples)[::2]
+                self._samples, self._nsamples, self._stride = [merged], merged.size, self._stride * 2
+
+    def result(self) -> dict[str, Any]:
+        """The statistics as a JSON-ready dict (the ``intensity`` store attribute)."""
+        if self.count == 0:
+            raise InputError("cannot compute intensity statistics of an empty volume")
+        mean = self.sum / self.count
+        std = float(np.sqrt(max(self.sumsq / self.count - mean * mean, 0.0)))
+        if self._exact:
+            cdf = np.cumsum(self._hist) / self.count
+            lo = int(np.searchsorted(cdf, P_LOW / 100)) + self._offset
+            hi = int(np.searchsorted(cdf, P_HIGH / 100)) + self._offset
+            p_low, p_high = float(lo), float(hi)
+            nz = np.nonzero(self._hist)[0]
+            bins = {"first": int(nz[0]) + self._offset, "counts": self._hist[nz[0] : nz[-1] + 1].tolist()}
+            if len(bins["counts"]) > 4096:  # keep the attribute small for 16-bit data
+                bins = None
+        else:
+            values = np.concatenate(self._samples)
+            p_low, p_high = (float(v) for v in np.percentile(values, [P_LOW, P_HIGH]))
+            bins = None
+        out: dict[str, Any] = {
+            "min": self.min, "max": self.max, "mean": mean, "std": std,
+            "p_low": p_low, "p_high": p_high, "percentiles": [P_LOW, P_HIGH],
+            "exact": bool(self._exact),
+        }
+        if bins is not None:
+            out["histogram"] = bins
+        return out
+
+
+def intensity_stats(volume: Any, *, slab: int | None = None) -> dict[str, Any]:
+    """Intensity statistics of a whole volume (NumPy or Zarr array), read slab by slab along axis 0.
+
+    Parameters
+    ----------
+    volume : array of shape (Z, Y, X) or (Y, X), any numeric dtype.
+    slab : number of planes read at a time; defaults to the array's chunk length along axis 0.
+    """
+    acc = IntensityAccumulator(volume.dtype, total=int(np.prod(volume.shape)))
+    if volume.ndim < 3:
+        acc.update(np.asarray(volume[...]))
+        return acc.result()
+    step = slab or int(getattr(volume, "chunks", (16,))[0]) or 16
+    for z in range(0, volume.shape[0], step):
+        acc.update(np.asarray(volume[z : z + step]))
+    return acc.result()
+
+
+def normalize(block: np.ndarray, stats: Mapping[str, Any], out: np.ndarray | None = None) -> np.ndarray:
+    """Map grey values to network input: ``(block - p_low) / (p_high - p_low)`` as float32."""
+    lo = float(stats["p_low"])
+    scale = float(stats["p_high"]) - lo
+    if scale <= 0:
+        scale = float(stats.get("std") or 0.0) or 1.0
+    out = np.subtract(block, lo, out=out, dtype=np.float32, casting="unsafe")
+    out *= np.float32(1.0 / scale)
+    return out

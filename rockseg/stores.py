@@ -1,0 +1,193 @@
+"""Zarr store conventions shared by every rockseg command.
+
+A volume written by rockseg is a plain Zarr v3 array that ``zarr.open_array(path)`` opens directly, axes
+(Z, Y, X) (or (Y, X) for one 2D image). Its attributes carry what a later step needs, under these keys:
+
+``voxel_size``
+    list of floats, one per axis, in ``voxel_unit`` (``"um"`` by default).
+``source``
+    the file the data came from.
+``intensity``
+    dict of intensity statistics (``min``, ``max``, ``mean``, ``std``, ``p_low``, ``p_high``...) used for global
+    normalisation (see :func:`rockseg.normalization.intensity_stats`).
+``phases``
+    dict mapping a label (as a string, JSON keys are strings) to a phase name, for label volumes.
+``rockseg``
+    provenance: ``version``, ``command`` and, for predictions, ``model_sha256`` and the run's settings.
+
+Outputs that are written in one go (convert, tile, stitch) are built under a temporary name beside the target and
+renamed into place only when complete (:func:`atomic_output`), so a crash never leaves a store that looks done.
+Block-wise outputs (predict) record per-block completion markers instead (see :mod:`rockseg.inference`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sys
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+import zarr.codecs
+
+from rockseg import __version__
+from rockseg.errors import InputError, MissingInputError, OutputExistsError
+
+ATTR_VOXEL_SIZE = "voxel_size"
+ATTR_VOXEL_UNIT = "voxel_unit"
+ATTR_SOURCE = "source"
+ATTR_INTENSITY = "intensity"
+ATTR_PHASES = "phases"
+ATTR_PROVENANCE = "rockseg"
+
+COMPRESSORS = ("blosc-zstd", "zstd", "lz4", "none")
+
+
+def compressors_for(name: str = "blosc-zstd") -> list[Any] | None:
+    """Return the zarr v3 codec list for a compressor name (one of :data:`COMPRESSORS`)."""
+    if name == "blosc-zstd":
+        return [zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")]
+    if name == "zstd":
+        return [zarr.codecs.ZstdCodec(level=3)]
+    if name == "lz4":
+        return [zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")]
+    if name == "none":
+        return None
+    raise InputError(f"unknown compressor {name!r}: choose one of {', '.join(COMPRESSORS)}")
+
+
+def provenance(**extra: Any) -> dict[str, Any]:
+    """The ``rockseg`` provenance attribute: version and command line, plus ``extra``."""
+    return {"version": __version__, "command": " ".join(sys.argv), **extra}
+
+
+def open_volume(path: str | os.PathLike[str], *, name: str = "volume") -> zarr.Array:
+    """Open an existing Zarr array (v2 or v3, written by rockseg or any other tool) for reading.
+
+    Parameters
+    ----------
+    path : path of a Zarr array store (a directory).
+    name : what the store is, for error messages ("image", "labels", "prediction"...).
+
+    Raises
+    ------
+    MissingInputError
+        if ``path`` does not exist.
+    InputError
+        if ``path`` is not a Zarr array.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise MissingInputError(f"{name} {p} does not exist: check the path")
+    try:
+        return zarr.open_array(store=str(p), mode="r")
+    except Exception as exc:  # zarr raises several types for "not an array"
+        raise InputError(
+            f"{name} {p} is not a Zarr array ({type(exc).__name__}): give a .zarr array store, "
+            f"or make one with 'rockseg convert'"
+        ) from None
+
+
+def check_new_output(path: str | os.PathLike[str], *, overwrite: bool) -> Path:
+    """Check that ``path`` may be written: refuse an existing output unless ``overwrite``."""
+    p = Path(path)
+    if p.exists() and not overwrite:
+        raise OutputExistsError(f"{p} exists already: choose another output or pass --overwrite")
+    if not p.parent.exists():
+        raise MissingInputError(f"the folder of output {p} does not exist: create {p.parent} first")
+    return p
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike[str], *, overwrite: bool = False) -> Iterator[Path]:
+    """Build an output under a temporary name beside ``path`` and move it into place when complete.
+
+    Yields the temporary path to write to. If the block raises, the temporary output is removed and ``path`` is
+    left untouched, so a failed run never leaves something that looks like a result.
+    """
+    final = check_new_output(path, overwrite=overwrite)
+    tmp = final.with_name(f".{final.name}.partial-{uuid.uuid4().hex[:8]}")
+    try:
+        yield tmp
+    except BaseException:
+        _remove(tmp)
+        raise
+    if final.exists():
+        _remove(final)
+    os.replace(tmp, final)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def parse_crop(text: str | None, shape: Sequence[int], *, name: str = "--crop") -> tuple[slice, ...]:
+    """Parse a region ``"Z0:Z1,Y0:Y1,X0:X1"`` (Python slice syntax, empty bounds allowed) into slices.
+
+    ``None`` or ``""`` means the whole volume. Bounds may be negative (counted from the end) and are checked
+    against ``shape``.
+
+    >>> parse_crop("0:10,:,5:", (20, 30, 40))
+    (slice(0, 10, None), slice(0, 30, None), slice(5, 40, None))
+    """
+    shape = tuple(int(s) for s in shape)
+    if not text:
+        return tuple(slice(0, s) for s in shape)
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) != len(shape):
+        raise InputError(
+            f"{name} {text!r} has {len(parts)} ranges but the volume has {len(shape)} axes {shape}: "
+            f"give one START:STOP per axis, e.g. {','.join(['0:10'] * len(shape))}"
+        )
+    out = []
+    for part, n in zip(parts, shape):
+        bounds = part.split(":")
+        if len(bounds) != 2:
+            raise InputError(f"{name} {text!r}: range {part!r} is not START:STOP")
+        try:
+            lo = int(bounds[0]) if bounds[0].strip() else 0
+            hi = int(bounds[1]) if bounds[1].strip() else n
+        except ValueError:
+            raise InputError(f"{name} {text!r}: range {part!r} is not START:STOP with integers") from None
+        lo, hi, _ = slice(lo, hi).indices(n)
+        if hi <= lo:
+            raise InputError(f"{name} {text!r}: range {part!r} is empty for an axis of length {n}")
+        out.append(slice(lo, hi))
+    return tuple(out)
+
+
+def phases_of(array: zarr.Array) -> dict[int, str]:
+    """The phase names of a label volume, ``{label: name}``, or ``{}`` when it has none."""
+    raw = dict(array.attrs).get(ATTR_PHASES) or {}
+    return {int(k): str(v) for k, v in raw.items()}
+
+
+def parse_phases(text: str | None) -> dict[int, str]:
+    """Parse ``"0=pore,1=clay,2=quartz"`` into ``{0: "pore", 1: "clay", 2: "quartz"}``."""
+    if not text:
+        return {}
+    out: dict[int, str] = {}
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        try:
+            if not sep or not value.strip():
+                raise ValueError
+            out[int(key)] = value.strip()
+        except ValueError:
+            raise InputError(f"--phases {text!r}: item {item!r} is not LABEL=NAME, e.g. 0=pore,1=grain") from None
+    return out
+
+
+def as_label_array(block: np.ndarray, *, path: str) -> np.ndarray:
+    """Check that ``block`` holds integer labels; return it unchanged."""
+    if not np.issubdtype(block.dtype, np.integer) and block.dtype != np.bool_:
+        raise InputError(f"{path} has dtype {block.dtype} but labels must be integers: convert labels to uint8")
+    return block

@@ -1,0 +1,225 @@
+"""The block-wise engine against predictors whose output is known exactly.
+
+``BoxSum`` is a real ``nn.Module`` whose argmax is the 3x3(x3) box sum of its (binary) input, computed with
+zero padding inside each tile. The kept centre of a tile equals the box sum over the whole volume mirrored at its
+faces only if tiles, halos and blocks are placed exactly right, so any seam or off-by-one shows as a wrong label.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from scipy import ndimage
+from torch import nn
+
+from rockseg import inference
+from rockseg.errors import IncompleteError, InputError, MissingInputError, OutputExistsError
+from rockseg.inference import PredictConfig, TileGrid, check_complete, predict, reflect_index
+from rockseg.models import ARCHITECTURES, UNet, save_model_file
+
+
+class BoxSum(nn.Module):
+    def __init__(self, spatial_dims: int = 3, classes: int = 28, depth: int = 3) -> None:
+        super().__init__()
+        conv = nn.Conv3d if spatial_dims == 3 else nn.Conv2d
+        self.conv = conv(1, 1, 3, padding=1, bias=False)
+        nn.init.ones_(self.conv.weight)
+        self.register_buffer("classes", torch.arange(classes, dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.conv(x)
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        return -((s - self.classes.view(shape)) ** 2)
+
+
+@pytest.fixture
+def boxsum(monkeypatch):
+    monkeypatch.setitem(ARCHITECTURES, "boxsum", BoxSum)
+
+    def make(path, spatial_dims=3, tile=16, halo=2):
+        classes = 28 if spatial_dims == 3 else 10
+        model = BoxSum(spatial_dims, classes)
+        save_model_file(
+            path, model, arch="boxsum", arch_args={"spatial_dims": spatial_dims, "classes": classes},
+            spatial_dims=spatial_dims, in_channels=1, phases={i: f"s{i}" for i in range(classes)},
+            normalization={"p_low": 0.0, "p_high": 1.0}, tile=tile, halo=halo,
+        )
+        return path
+
+    return make
+
+
+def binary_volume(path, shape, seed=0, chunks=None):
+    rng = np.random.default_rng(seed)
+    data = (rng.random(shape) < 0.4).astype(np.uint8)
+    arr = zarr.create_array(store=str(path), shape=shape, chunks=chunks or shape, dtype="uint8")
+    arr[...] = data
+    arr.attrs["intensity"] = {"p_low": 0.0, "p_high": 1.0}
+    return data
+
+
+def expected_boxsum(data, axes=3):
+    kernel = np.ones((3,) * min(axes, data.ndim), np.int64)
+    if axes == 3 or data.ndim == 2:
+        return ndimage.correlate(data.astype(np.int64), kernel, mode="mirror")
+    return np.stack([ndimage.correlate(s.astype(np.int64), kernel, mode="mirror") for s in data])
+
+
+def test_reflect_index_matches_numpy_pad():
+    for n in (1, 2, 3, 7):
+        base = np.arange(n)
+        padded = np.pad(base, 9, mode="reflect") if n > 1 else np.zeros(n + 18, int)
+        assert reflect_index(np.arange(-9, n + 9), n).tolist() == padded.tolist()
+
+
+def test_tile_grid_covers_each_voxel_once():
+    grid = TileGrid((20, 20, 20), (16, 16, 16), (2, 2, 2))
+    assert grid.step == (12, 12, 12)
+    ks = grid.tiles_meeting((slice(0, 20),) * 3)
+    assert [list(k) for k in ks] == [[0, 1]] * 3
+    idx = grid.input_index(ks)
+    assert idx[0][0] == 2 and len(idx[0]) == 12 + 16  # starts at -2, mirrored to 2
+
+
+@pytest.mark.parametrize("block", [12, 20, 24, 64])
+def test_boxsum_exact_for_any_block(tmp_path, boxsum, block):
+    data = binary_volume(tmp_path / "v.zarr", (23, 30, 17), chunks=(8, 8, 8))
+    model = boxsum(tmp_path / "m.pt")
+    summary = predict(tmp_path / "v.zarr", tmp_path / "p.zarr", model=model,
+                      config=PredictConfig(block=block, batch_size=3, device="cpu"))
+    assert summary["complete"] and summary["blocks_missing"] == 0
+    out = zarr.open_array(str(tmp_path / "p.zarr"))[...]
+    np.testing.assert_array_equal(out, expected_boxsum(data))
+
+
+def test_2d_model_on_3d_volume_slice_by_slice(tmp_path, boxsum):
+    data = binary_volume(tmp_path / "v.zarr", (5, 29, 21))
+    model = boxsum(tmp_path / "m.pt", spatial_dims=2)
+    predict(tmp_path / "v.zarr", tmp_path / "p.zarr", model=model, config=PredictConfig(block=10, device="cpu"))
+    out = zarr.open_array(str(tmp_path / "p.zarr"))[...]
+    np.testing.assert_array_equal(out, expected_boxsum(data, axes=2))
+
+
+def test_2d_model_on_2d_image(tmp_path, boxsum):
+    data = binary_volume(tmp_path / "v.zarr", (29, 21))
+    model = boxsum(tmp_path / "m.pt", spatial_dims=2)
+    predict(tmp_path / "v.zarr", tmp_path / "p.zarr", model=model, config=PredictConfig(block=16, device="cpu"))
+    out = zarr.open_array(str(tmp_path / "p.zarr"))
+    assert out.shape == (29, 21) and out.chunks == (16, 16)
+    np.testing.assert_array_equal(out[...], expected_boxsum(data))
+
+
+def test_shards_resume_and_probabilities(tmp_path, boxsum):
+    data = binary_volume(tmp_path / "v.zarr", (20, 20, 20))
+    model = boxsum(tmp_path / "m.pt")
+    out = tmp_path / "p.zarr"
+    cfg = PredictConfig(block=12, device="cpu", shard=(0, 3), probabilities=str(tmp_path / "probs.zarr"))
+    first = predict(tmp_path / "v.zarr", out, model=model, config=cfg)
+    assert first["blocks_total"] == 8 and first["blocks_done"] == 3 and not first["complete"]
+    with pytest.raises(IncompleteError, match="5 of 8 blocks missing"):
+        check_complete(out)
+    # the same shard again does nothing; the other shards finish the volume
+    again = predict(tmp_path / "v.zarr", out, model=model, config=cfg)
+    assert again["blocks_done"] == 0 and again["blocks_skipped"] == 3
+    for i in (1, 2):
+        last = predict(tmp_path / "v.zarr", out, model=model,
+                       config=PredictConfig(block=12, device="cpu", shard=(i, 3), probabilities=cfg.probabilities))
+    assert last["complete"]
+    check_complete(out)
+    expected = expected_boxsum(data)
+    np.testing.assert_array_equal(zarr.open_array(str(out))[...], expected)
+    probs = zarr.open_array(str(tmp_path / "probs.zarr"))
+    assert probs.shape == (28, 20, 20, 20) and probs.dtype == np.uint8
+    np.testing.assert_array_equal(probs[...].argmax(axis=0), expected)
+
+
+def test_changed_settings_refused_unless_overwrite(tmp_path, boxsum):
+    binary_volume(tmp_path / "v.zarr", (20, 20, 20))
+    model = boxsum(tmp_path / "m.pt")
+    predict(tmp_path / "v.zarr", tmp_path / "p.zarr", model=model, config=PredictConfig(block=12, device="cpu"))
+    with pytest.raises(OutputExistsError, match="other settings"):
+        predict(tmp_path / "v.zarr", tmp_path / "p.zarr", model=model,
+                config=PredictConfig(block=12, halo=3, device="cpu"))
+    with pytest.raises(OutputExistsError, match="--block"):
+        predict(tmp_path / "v.zarr", tmp_path / "p.zarr", model=model, config=PredictConfig(block=16, device="cpu"))
+    s = predict(tmp_path / "v.zarr", tmp_path / "p.zarr", model=model, overwrite=True,
+                config=PredictConfig(block=16, halo=3, device="cpu"))
+    assert s["complete"] and s["blocks_done"] == 8
+
+
+def test_killed_block_is_redone(tmp_path, boxsum):
+    data = binary_volume(tmp_path / "v.zarr", (20, 20, 20))
+    model = boxsum(tmp_path / "m.pt")
+    out = tmp_path / "p.zarr"
+    predict(tmp_path / "v.zarr", out, model=model, config=PredictConfig(block=12, device="cpu"))
+    # simulate a crash between writing a chunk and its marker: garbage data, no marker
+    arr = zarr.open_array(str(out), mode="r+")
+    arr[0:12, 0:12, 0:12] = 99
+    (out / ".rockseg" / "done" / "0.0.0").unlink()
+    s = predict(tmp_path / "v.zarr", out, model=model, config=PredictConfig(block=12, device="cpu"))
+    assert s["blocks_done"] == 1 and s["blocks_skipped"] == 7
+    np.testing.assert_array_equal(zarr.open_array(str(out))[...], expected_boxsum(data))
+
+
+def test_unet_labels_independent_of_block(tmp_path):
+    rng = np.random.default_rng(1)
+    data = rng.integers(0, 255, (40, 36, 44), dtype=np.uint8)
+    arr = zarr.create_array(store=str(tmp_path / "v.zarr"), shape=data.shape, chunks=(16, 16, 16), dtype="uint8")
+    arr[...] = data
+    torch.manual_seed(0)
+    # instance norm makes a random network's output vary across the volume (batch norm at init does not)
+    args = {"spatial_dims": 3, "classes": 3, "base_channels": 4, "depth": 2, "norm": "instance"}
+    net = UNet(**args).eval()
+    save_model_file(
+        tmp_path / "m.pt", net, arch="unet", arch_args=args,
+        spatial_dims=3, in_channels=1, phases={0: "a", 1: "b", 2: "c"},
+        normalization={"p_low": 0.0, "p_high": 255.0}, tile=16, halo=4,
+    )
+    outs = []
+    for block in (8, 16, 40):
+        predict(tmp_path / "v.zarr", tmp_path / f"p{block}.zarr", model=tmp_path / "m.pt",
+                config=PredictConfig(block=block, device="cpu", batch_size=5))
+        outs.append(zarr.open_array(str(tmp_path / f"p{block}.zarr"))[...])
+    assert len(np.unique(outs[0])) > 1
+    np.testing.assert_array_equal(outs[0], outs[1])
+    np.testing.assert_array_equal(outs[0], outs[2])
+
+
+def test_bad_inputs(tmp_path, boxsum):
+    model = boxsum(tmp_path / "m.pt")
+    with pytest.raises(MissingInputError, match="nope.zarr does not exist"):
+        predict(tmp_path / "nope.zarr", tmp_path / "p.zarr", model=model)
+    binary_volume(tmp_path / "small.zarr", (8, 30, 30))
+    with pytest.raises(InputError, match="fewer than the tile edge 16"):
+        predict(tmp_path / "small.zarr", tmp_path / "p.zarr", model=model, config=PredictConfig(device="cpu"))
+    with pytest.raises(InputError, match="multiple of 8"):
+        predict(tmp_path / "small.zarr", tmp_path / "p.zarr", model=model, config=PredictConfig(tile=12))
+    (tmp_path / "junk.pt").write_bytes(b"not a model")
+    binary_volume(tmp_path / "v.zarr", (20, 20, 20))
+    with pytest.raises(InputError, match="not a rockseg model"):
+        predict(tmp_path / "v.zarr", tmp_path / "p.zarr", model=tmp_path / "junk.pt")
+    assert not (tmp_path / "p.zarr").exists()
+
+
+def test_pickled_code_is_refused_without_running(tmp_path):
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    torch.save({"format": "rockseg-model", "x": Evil()}, tmp_path / "evil.pt")
+    binary_volume(tmp_path / "v.zarr", (20, 20, 20))
+    with pytest.raises(InputError, match="not a rockseg model file that loads safely"):
+        predict(tmp_path / "v.zarr", tmp_path / "p.zarr", model=tmp_path / "evil.pt")
+    assert not marker.exists()
+
+
+def test_parse_shard():
+    assert inference.parse_shard("2/4") == (2, 4)
+    assert inference.parse_shard(None) is None
+    for bad in ("4/4", "x", "1/0", "-1/3"):
+        with pytest.raises(InputError):
+            inference.parse_shard(bad)
