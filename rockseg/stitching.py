@@ -1,0 +1,147 @@
+"""Make the final label volume from one or more block-wise predictions.
+
+``stitch`` first checks that every block of every prediction is done (a sharded run may still be missing some)
+and refuses with the list of missing blocks otherwise. One prediction is copied as it is; several predictions of
+the same volume (2D models run along different axes, several models, ...) are fused: by averaging their class
+probabilities when every one of them has a probability store, else by a majority vote of the labels (ties go to
+the prediction given first). The result is a Zarr label store, or an export to ``.tif``, ``.nc``, ``.raw`` or
+``.npy`` chosen by the output's extension.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import dask
+import numpy as np
+import zarr
+
+from rockseg.errors import IncompleteError, InputError
+from rockseg.inference import Prediction, block_grid, block_region
+from rockseg.progress import Reporter
+from rockseg.stores import (
+    ATTR_PHASES, ATTR_PROVENANCE, ATTR_SOURCE, ATTR_VOXEL_SIZE, ATTR_VOXEL_UNIT, atomic_output, check_new_output,
+    compressors_for, open_volume, provenance,
+)
+
+EXPORTS = (".tif", ".tiff", ".nc", ".raw", ".npy")
+
+
+def stitch(
+    preds: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str], *, overwrite: bool = False,
+    workers: int = 2, progress: bool = False, log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Check, fuse and write the final labels of one or more predictions.
+
+    Parameters
+    ----------
+    preds : paths of prediction stores written by ``rockseg predict`` (all of the same volume).
+    out : ``.zarr`` label store, or an export (``.tif``, ``.nc``, ``.raw`` + ``.mhd``, ``.npy``).
+    overwrite : replace an existing output.
+
+    Raises
+    ------
+    IncompleteError
+        (exit code 1) listing the missing blocks when a prediction is not complete.
+    """
+    if not preds:
+        raise InputError("stitch needs at least one prediction store")
+    out = Path(out)
+    check_new_output(out, overwrite=overwrite)
+    opened = [Prediction(p) for p in preds]
+    incomplete = [(p, p.missing()) for p in opened]
+    incomplete = [(p, m) for p, m in incomplete if m]
+    if incomplete:
+        lines = []
+        for p, missing in incomplete:
+            shown = " ".join(".".join(map(str, b)) for b in missing[:50])
+            more = f" (+{len(missing) - 50} more)" if len(missing) > 50 else ""
+            lines.append(f"{p.path}: {len(missing)} of {len(p.blocks())} blocks missing: {shown}{more}")
+        raise IncompleteError(
+            "; ".join(lines) + ": run the same 'rockseg predict' command (or the missing shards) again, then stitch"
+        )
+    first = opened[0]
+    for p in opened[1:]:
+        if p.array.shape != first.array.shape:
+            raise InputError(
+                f"{p.path} has shape {p.array.shape} but {first.path} has {first.array.shape}: "
+                f"stitch fuses predictions of the same volume"
+            )
+    phases = dict(first.array.attrs).get(ATTR_PHASES) or {}
+    for p in opened[1:]:
+        if (dict(p.array.attrs).get(ATTR_PHASES) or {}) != phases:
+            raise InputError(f"{p.path} has other phases than {first.path}: fuse predictions of the same phases")
+    probs = [p.probabilities for p in opened]
+    use_probs = len(opened) > 1 and all(probs)
+    prob_arrays = [open_volume(q, name="probabilities") for q in probs] if use_probs else []
+    method = "copy" if len(opened) == 1 else ("mean-probability" if use_probs else "majority-vote")
+
+    src_attrs = dict(first.array.attrs)
+    attrs: dict[str, Any] = {
+        key: src_attrs[key] for key in (ATTR_PHASES, ATTR_VOXEL_SIZE, ATTR_VOXEL_UNIT, ATTR_SOURCE) if key in src_attrs
+    }
+    attrs[ATTR_PROVENANCE] = provenance(stitched_from=[str(p.path.resolve()) for p in opened], method=method)
+
+    shape = first.array.shape
+    chunks = first.array.chunks
+    start = time.perf_counter()
+    export = out.suffix.lower() in EXPORTS
+    if not export and out.suffix.lower() != ".zarr":
+        raise InputError(f"output {out} has an unknown extension: use .zarr, or export to {', '.join(EXPORTS)}")
+
+    def fuse(region: tuple[slice, ...]) -> np.ndarray:
+        if method == "copy":
+            return np.asarray(first.array[region])
+        if use_probs:
+            total = sum(np.asarray(a[(slice(None), *region)], dtype=np.uint32) for a in prob_arrays)
+            return np.asarray(total.argmax(axis=0), dtype=np.uint8)
+        # majority vote; the first prediction gets half a vote more so that ties go to it
+        labels = [np.asarray(p.array[region]) for p in opened]
+        present = np.unique(np.concatenate([np.unique(lab) for lab in labels]))
+        score = np.stack([
+            2 * sum((lab == c).astype(np.uint16) for lab in labels) + (labels[0] == c) for c in present
+        ])
+        return present[score.argmax(axis=0)].astype(np.uint8)
+
+    if export and method == "copy":
+        from rockseg.formats import export as export_array
+
+        export_array(first.array, out, overwrite=overwrite, progress=progress)
+        written = out
+    else:
+        target = out if not export else out.with_name(f".{out.name}.fused.zarr")
+        with atomic_output(target, overwrite=overwrite or export) as tmp:
+            arr = zarr.create_array(
+                store=str(tmp), shape=shape, chunks=chunks, dtype="uint8", fill_value=0,
+                compressors=compressors_for("blosc-zstd"), attributes=attrs,
+            )
+            grid = block_grid(shape, chunks)
+            with Reporter(len(grid), "stitch", bar=progress, log=log) as report:
+
+                def run(index: tuple[int, ...]) -> None:
+                    region = block_region(index, shape, chunks)
+                    arr[region] = fuse(region)
+                    report.advance(int(np.prod([r.stop - r.start for r in region])))
+
+                tasks = [dask.delayed(run, pure=False)(i) for i in grid]
+                dask.compute(*tasks, scheduler="threads", num_workers=workers)
+        written = out
+        if export:
+            from rockseg.formats import export as export_array
+
+            try:
+                export_array(zarr.open_array(store=str(target), mode="r"), out, overwrite=overwrite,
+                             progress=progress)
+            finally:
+                shutil.rmtree(target, ignore_errors=True)
+    seconds = time.perf_counter() - start
+    return {
+        "out": str(written), "method": method, "predictions": [str(p.path) for p in opened],
+        "shape": list(shape), "seconds": seconds,
+    }
+
