@@ -20,7 +20,7 @@ from rockseg.synthetic import PHASES, synthetic_rock
 
 
 def run_demo(
-    directory: str | os.PathLike[str] = "rockseg-demo", *, size: int = 128, minutes: float = 2.0,
+    directory: str | os.PathLike[str] = "rockseg-demo", *, size: int = 128, minutes: float = 2.5,
     device: str = "auto", seed: int = 0, log: Callable[[str], None] = print, progress: bool = False,
 ) -> dict[str, Any]:
     """Run the pipeline on a synthetic rock of ``size``³ voxels; return the held-out score and timings.
@@ -61,20 +61,22 @@ def run_demo(
     test_start = int(round(size * 0.65))
     t0 = time.perf_counter()
     crop = (slice(0, train_end), slice(0, size), slice(0, size))
-    make_tiles(out / "image.zarr", out / "labels.zarr", out / "tiles.zarr", dims=3, size=48, crop=crop,
+    # many small overlapping patches train a small 3D UNet faster on a CPU than a few big ones
+    make_tiles(out / "image.zarr", out / "labels.zarr", out / "tiles.zarr", dims=3, size=32, count=400, crop=crop,
                seed=seed, phases=PHASES, overwrite=True)
     step("tile", t0)
 
     t0 = time.perf_counter()
+    # cross-entropy + Dice: the Dice term keeps the rare pyrite (about 1 % of voxels) from being ignored
     config = TrainConfig(arch="unet", base_channels=8, depth=3, epochs=1000, max_minutes=minutes, batch_size=4,
-                         device=device, seed=seed)
+                         lr=3e-3, loss="ce+dice", device=device, seed=seed)
     summary = train(out / "tiles.zarr", out / "model.pt", config=config, log=log, progress=progress,
                     overwrite=True)
     step(f"train ({summary['epochs']} epochs, best validation mean IoU {summary['best_val_mean_iou']:.3f})", t0)
 
     t0 = time.perf_counter()
     predict(out / "image.zarr", out / "pred.zarr", model=out / "model.pt",
-            config=PredictConfig(device=device, block=64), overwrite=True, progress=progress, log=log)
+            config=PredictConfig(device=device), overwrite=True, progress=progress, log=log)
     step("predict", t0)
 
     t0 = time.perf_counter()

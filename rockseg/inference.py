@@ -36,6 +36,7 @@ import numpy as np
 import torch
 import zarr
 
+from rockseg.devices import resolve_device
 from rockseg.errors import IncompleteError, InputError, MissingInputError, OutputExistsError
 from rockseg.models import file_sha256, model_from_payload, read_model_file
 from rockseg.normalization import intensity_stats, normalize
@@ -96,22 +97,6 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     if n < 1 or not 0 <= i < n:
         raise InputError(f"--shard {text!r}: need 0 <= I < N (shards are numbered from 0, e.g. 0/4 ... 3/4)")
     return i, n
-
-
-def resolve_device(name: str) -> torch.device:
-    """Turn ``auto``/``cpu``/``cuda``/``cuda:N`` into a torch device, checking that it exists."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cpu":
-        return torch.device("cpu")
-    if name == "cuda" or name.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise InputError(f"--device {name}: no CUDA device is available here: use --device cpu (or auto)")
-        dev = torch.device(name)
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise InputError(f"--device {name}: only {torch.cuda.device_count()} CUDA devices are visible")
-        return dev
-    raise InputError(f"--device {name!r} is not auto, cpu, cuda or cuda:N")
 
 
 # --------------------------------------------------------------------------------------------------- geometry

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rockseg import stores
+from rockseg.devices import resolve_device
 from rockseg.errors import InputError
 from rockseg.models import ARCHITECTURES, build_model, save_model_file
 from rockseg.normalization import normalize
@@ -120,27 +121,6 @@ class TrainConfig:
 def _check_positive_int(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise InputError(f"--{name} {value!r} must be a whole number of at least 1")
-
-
-def resolve_device(name: str) -> torch.device:
-    """``"auto"`` -> CUDA if available else CPU; ``"cpu"``; ``"cuda"`` / ``"cuda:N"`` (checked to exist)."""
-    text = str(name).strip().lower()
-    if text == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if text == "cpu":
-        return torch.device("cpu")
-    if text == "cuda" or text.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise InputError(f"--device {name} asked for CUDA but no CUDA GPU is available here: use --device cpu")
-        index = text.partition(":")[2]
-        if index:
-            if not index.isdigit() or int(index) >= torch.cuda.device_count():
-                raise InputError(
-                    f"--device {name}: there is no such GPU (this machine has {torch.cuda.device_count()}): "
-                    f"use cuda:0..cuda:{torch.cuda.device_count() - 1}"
-                )
-        return torch.device(text)
-    raise InputError(f"--device {name!r} is unknown: use auto, cpu, cuda or cuda:N")
 
 
 def halo_for(size: int) -> int:

@@ -1,0 +1,28 @@
+"""Choosing the torch device from a ``--device`` option."""
+
+from __future__ import annotations
+
+import torch
+
+from rockseg.errors import InputError
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` -> CUDA if available else CPU; ``"cpu"``; ``"cuda"`` / ``"cuda:N"`` (checked to exist)."""
+    text = str(name).strip().lower()
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if text == "cpu":
+        return torch.device("cpu")
+    if text == "cuda" or text.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise InputError(f"--device {name} asked for CUDA but no CUDA GPU is available here: use --device cpu")
+        index = text.partition(":")[2]
+        if index:
+            if not index.isdigit() or int(index) >= torch.cuda.device_count():
+                raise InputError(
+                    f"--device {name}: there is no such GPU (this machine has {torch.cuda.device_count()}): "
+                    f"use cuda:0..cuda:{torch.cuda.device_count() - 1}"
+                )
+        return torch.device(text)
+    raise InputError(f"--device {name!r} is unknown: use auto, cpu, cuda or cuda:N")
