@@ -125,3 +125,18 @@ def test_pipeline_end_to_end_as_subprocesses(tmp_path):
     # the table output works too
     proc = rockseg("score", tmp_path / "final.zarr")
     assert proc.returncode == 0 and "euler" in proc.stdout.lower()
+
+
+@pytest.mark.slow
+def test_predict_with_no_options_uses_shipped_model(tmp_path):
+    from rockseg.synthetic import synthetic_rock
+
+    image, labels = synthetic_rock((48, 64, 64), seed=11)
+    np.save(tmp_path / "big.npy", image)
+    assert rockseg("convert", tmp_path / "big.npy", tmp_path / "big.zarr").returncode == 0
+    proc = rockseg("predict", tmp_path / "big.zarr")
+    assert proc.returncode == 0, proc.stderr
+    out = zarr.open_array(str(tmp_path / "big-labels.zarr"))
+    assert out.attrs["phases"] == {"0": "pore", "1": "solid"}
+    pred, pore = out[...] == 0, labels == 0
+    assert (pred & pore).sum() / (pred | pore).sum() > 0.8
