@@ -29,7 +29,7 @@ app = typer.Typer(
     help="Segment X-ray micro-CT volumes of rocks with UNet networks, and score them by IoU and physics.\n\n"
     "Pipeline: convert -> tile -> train -> predict -> stitch -> score (or all at once: rockseg demo).",
 )
-out_console = Console()
+out_console = Console(soft_wrap=True)
 err_console = Console(stderr=True)
 _debug = False
 
