@@ -23,6 +23,7 @@ import itertools
 import math
 import os
 import shutil
+import socket
 import threading
 import time
 import uuid
@@ -43,13 +44,16 @@ from rockseg.normalization import intensity_stats, normalize
 from rockseg.progress import Reporter
 from rockseg.stores import (
     ATTR_INTENSITY, ATTR_PHASES, ATTR_PROVENANCE, ATTR_SOURCE, ATTR_VOXEL_SIZE, ATTR_VOXEL_UNIT,
-    compressors_for, open_volume, provenance,
+    compressors_for, open_volume, parse_crop, provenance,
 )
 
 MARKER_DIR = ".rockseg"
 DEFAULT_MODEL = Path(__file__).parent / "data" / "pore-solid-3d.pt"
 DEFAULT_BLOCK = 128
 PRECISIONS = ("auto", "float32", "bf16")
+AXES = ("z", "y", "x")
+OUTSIDE = 255  # label of voxels outside the mask
+AGREEMENT = 0.999  # bf16 is used on a CPU only if its labels agree with float32 on this share of voxels
 NORMALIZATIONS = ("volume", "model")
 
 Triple = tuple[int, int, int]
@@ -72,6 +76,13 @@ class PredictConfig:
     shard : ``(i, n)``: run only blocks ``i, i + n, i + 2n...`` (0-based ``i``), for job arrays.
     workers : blocks in flight at once (reading the next block overlaps the model's work on this one).
     probabilities : path of an optional class-probability store, (C, *volume shape) uint8 (probability * 255).
+    tta : test-time augmentation: average the class probabilities over all flips of each tile (8 in 3D, 4 in 2D).
+    crop : ``"Z0:Z1,Y0:Y1,X0:X1"``: segment only this region (the output has its shape; context outside it is
+        still read from the volume).
+    mask : path of a Zarr array of the volume's shape (or the crop's); nothing is computed where it is 0, and the
+        labels there are :data:`OUTSIDE` (255).
+    axis : for a 2D model on a 3D volume, the axis it runs along (``"z"``, ``"y"`` or ``"x"``).
+    scheduler : address of a Dask distributed scheduler to run the blocks on (default: threads in this process).
     """
 
     tile: int | None = None
@@ -84,6 +95,11 @@ class PredictConfig:
     shard: tuple[int, int] | None = None
     workers: int = 2
     probabilities: str | None = None
+    tta: bool = False
+    crop: str | None = None
+    mask: str | None = None
+    axis: str = "z"
+    scheduler: str | None = None
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -115,30 +131,35 @@ def reflect_index(index: np.ndarray, n: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class TileGrid:
-    """The global tile grid of a (Z, Y, X) volume.
+    """The global tile grid of a (Z, Y, X) region of a volume.
 
-    Tile ``k`` along an axis keeps ``[k * step, (k + 1) * step)`` and reads ``[k * step - halo, ... + tile)``.
+    Tile ``k`` along an axis keeps ``[k * step, (k + 1) * step)`` and reads ``[k * step - halo, ... + tile)``,
+    in region coordinates; the region starts at ``origin`` in a volume of shape ``volume_shape`` (default: the
+    region is the whole volume), and reads beyond the volume's faces are mirrored.
     """
 
     shape: Triple
     tile: Triple
     halo: Triple
+    origin: Triple = (0, 0, 0)
+    volume_shape: Triple | None = None
 
     @property
     def step(self) -> Triple:
         return tuple(t - 2 * h for t, h in zip(self.tile, self.halo))  # type: ignore[return-value]
 
     def tiles_meeting(self, region: Sequence[slice]) -> list[range]:
-        """Per axis, the tile indices whose kept centre meets ``region`` (slices of the volume)."""
+        """Per axis, the tile indices whose kept centre meets ``region`` (slices of the region)."""
         return [range(r.start // s, -(-r.stop // s)) for r, s in zip(region, self.step)]
 
     def input_index(self, ks: Sequence[range]) -> list[np.ndarray]:
         """Per axis, the volume coordinates (mirrored at the faces) that the tiles ``ks`` read, in order."""
+        full = self.volume_shape or self.shape
         out = []
-        for k, s, h, t, n in zip(ks, self.step, self.halo, self.tile, self.shape):
+        for k, s, h, t, o, n in zip(ks, self.step, self.halo, self.tile, self.origin, full):
             lo = k.start * s - h
             hi = (k.stop - 1) * s - h + t
-            out.append(reflect_index(np.arange(lo, hi), n))
+            out.append(reflect_index(np.arange(lo, hi) + o, n))
         return out
 
 
@@ -154,38 +175,91 @@ def block_region(index: Sequence[int], shape: Sequence[int], block: Sequence[int
 
 
 # --------------------------------------------------------------------------------------------------- the model
+def cpu_has_bf16() -> bool:
+    """True when this CPU has bf16 instructions (AVX512-BF16 or AMX); without them bf16 is emulated and slow."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 class TileRunner:
     """Runs batches of tiles through the network and returns labels (and probabilities when asked).
 
     One runner holds the model once; calls are serialised with a lock so that several blocks can be read and
-    written by other threads while one batch runs.
+    written by other threads while one batch runs. The network runs in channels-last memory layout (faster for
+    convolutions on CPU and GPU) and, where ``precision`` says so, under bf16 autocast.
+
+    Parameters
+    ----------
+    spatial_dims : 2 or 3; a 2D network gets tiles that are one voxel thick along ``axis`` (0, 1 or 2).
+    precision : ``"float32"``, ``"bf16"`` or ``"auto"``: bf16 on CUDA; on a CPU, bf16 only if the CPU has bf16
+        instructions and the labels of the first batch agree with float32 on at least :data:`AGREEMENT` of voxels.
+    tta : average probabilities over all flips of each tile.
     """
 
     def __init__(
         self, model: torch.nn.Module, *, spatial_dims: int, device: torch.device, precision: str,
-        probabilities: bool,
+        probabilities: bool, tta: bool = False, axis: int = 0,
     ) -> None:
         self.device = device
         self.spatial_dims = spatial_dims
         self.probabilities = probabilities
-        self.autocast = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-        self.model = model.to(device).eval()
+        self.axis = axis
+        fmt = torch.channels_last_3d if spatial_dims == 3 else torch.channels_last
+        self.model = model.to(device).eval().to(memory_format=fmt)
+        self.memory_format = fmt
+        self.flips = [()]
+        if tta:
+            self.flips = [c for r in range(spatial_dims + 1) for c in itertools.combinations(range(2, 2 + spatial_dims), r)]
         self.lock = threading.Lock()
+        self.requested = precision
+        self.precision: str | None = None if precision == "auto" else precision
+        if precision == "auto" and (device.type == "cuda"):
+            self.precision = "bf16"
+        elif precision == "auto" and not cpu_has_bf16():
+            self.precision = "float32"
+        self.agreement: float | None = None
+
+    def _logits(self, x: torch.Tensor, bf16: bool) -> torch.Tensor:
+        x = x.contiguous(memory_format=self.memory_format)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
+            return self.model(x).float()
+
+    def _probs(self, x: torch.Tensor, bf16: bool) -> torch.Tensor:
+        """Class probabilities (N, C, *spatial), averaged over the flips (logits when neither is needed)."""
+        if len(self.flips) == 1 and not self.probabilities:
+            return self._logits(x, bf16)  # same argmax, no softmax needed
+        total = None
+        for dims in self.flips:
+            xi = x.flip(dims) if dims else x
+            p = torch.softmax(self._logits(xi, bf16), dim=1)
+            p = p.flip(dims) if dims else p
+            total = p if total is None else total + p
+        assert total is not None
+        return total / len(self.flips) if len(self.flips) > 1 else total
 
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """batch: (N, 1, Tz, Ty, Tx) float32 -> labels (N, Tz, Ty, Tx) uint8, probabilities (N, C, ...) or None."""
         with self.lock, torch.inference_mode():
             x = torch.from_numpy(batch).to(self.device, non_blocking=True)
             if self.spatial_dims == 2:
-                x = x[:, :, 0]
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-                logits = self.model(x)
-            logits = logits.float()
+                x = x.squeeze(2 + self.axis)
+            if self.precision is None:  # auto on a CPU with bf16: keep it only if the labels agree
+                ref = self._probs(x, False)
+                fast = self._probs(x, True)
+                self.agreement = float((ref.argmax(1) == fast.argmax(1)).float().mean())
+                self.precision = "bf16" if self.agreement >= AGREEMENT else "float32"
+                probs = ref
+            else:
+                probs = self._probs(x, self.precision == "bf16")
             if self.spatial_dims == 2:
-                logits = logits.unsqueeze(2)
-            labels = logits.argmax(dim=1).to(torch.uint8).cpu().numpy()
-            probs = torch.softmax(logits, dim=1).cpu().numpy() if self.probabilities else None
-        return labels, probs
+                probs = probs.unsqueeze(2 + self.axis)
+            labels = probs.argmax(dim=1).to(torch.uint8).cpu().numpy()
+            out = probs.cpu().numpy() if self.probabilities else None
+        return labels, out
 
 
 # --------------------------------------------------------------------------------------------------- the output
@@ -299,68 +373,139 @@ def _create_probabilities(path: Path, *, shape: Sequence[int], chunks: Sequence[
 
 
 # --------------------------------------------------------------------------------------------------- the engine
-class _Engine:
-    """Everything one block needs: the input, the grid, the runner, the outputs."""
+@dataclass(frozen=True)
+class BlockJob:
+    """Everything a worker needs to run blocks of one prediction; small and picklable for Dask distributed."""
 
-    def __init__(self, volume: zarr.Array, grid: TileGrid, runner: TileRunner, stats: dict[str, Any],
-                 pred: Prediction, probs: zarr.Array | None, batch_size: int) -> None:
-        self.volume, self.grid, self.runner, self.stats = volume, grid, runner, stats
-        self.pred, self.probs, self.batch_size = pred, probs, batch_size
-        self.flat = volume.ndim == 2
+    volume: str
+    out: str
+    model: str
+    model_sha256: str
+    grid: TileGrid
+    block: Triple
+    p_low: float
+    p_high: float
+    batch_size: int
+    device: str
+    precision: str
+    spatial_dims: int
+    axis: int = 0
+    tta: bool = False
+    probabilities: str | None = None
+    mask: str | None = None
+
+
+class _Engine:
+    """The opened stores and the loaded model of one :class:`BlockJob` (one per process, shared by threads)."""
+
+    def __init__(self, job: BlockJob) -> None:
+        self.job = job
+        self.volume = zarr.open_array(store=job.volume, mode="r")
+        self.out = zarr.open_array(store=job.out, mode="r+")
+        self.probs = zarr.open_array(store=job.probabilities, mode="r+") if job.probabilities else None
+        self.mask = zarr.open_array(store=job.mask, mode="r") if job.mask else None
+        self.flat = self.volume.ndim == 2
+        self.stats = {"p_low": job.p_low, "p_high": job.p_high}
+        payload = read_model_file(job.model)
+        device = resolve_device(job.device)
+        if device.type == "cpu":
+            torch.set_num_threads(os.cpu_count() or 1)
+        self.runner = TileRunner(
+            model_from_payload(payload), spatial_dims=job.spatial_dims, device=device, precision=job.precision,
+            probabilities=self.probs is not None, tta=job.tta, axis=job.axis,
+        )
+        self.markers = Path(job.out) / MARKER_DIR / "done"
+
+    def _global(self, box: Sequence[slice]) -> tuple[slice, ...]:
+        """Region coordinates (Z, Y, X) -> the volume's own index (a 2D volume drops Z)."""
+        g = tuple(slice(b.start + o, b.stop + o) for b, o in zip(box, self.job.grid.origin))
+        return g[1:] if self.flat else g
 
     def read(self, box: tuple[slice, ...]) -> np.ndarray:
-        """Read a (Z, Y, X) box of the input (a 2D input is one plane)."""
-        return np.asarray(self.volume[box[1:]])[None] if self.flat else np.asarray(self.volume[box])
+        """Read a (Z, Y, X) box of the input given in volume coordinates (a 2D input is one plane)."""
+        data = np.asarray(self.volume[box[1:]])[None] if self.flat else np.asarray(self.volume[box])
+        if data.dtype.kind == "f" and not np.isfinite(data).all():
+            where = ",".join(f"{b.start}:{b.stop}" for b in box)
+            raise InputError(
+                f"volume {self.job.volume} holds NaN or Inf values in region {where}: replace them (e.g. with "
+                f"'rockseg convert' after fixing the source) before predicting"
+            )
+        return data
 
-    def write(self, region: tuple[slice, ...], labels: np.ndarray, probs: np.ndarray | None) -> None:
-        if probs is not None and self.probs is not None:
-            probs = np.rint(probs * np.float32(255)).astype(np.uint8)
-            self.probs[(slice(None), *(region[1:] if self.flat else region))] = probs[:, 0] if self.flat else probs
-        if self.flat:
-            self.pred.array[region[1:]] = labels[0]
-        else:
-            self.pred.array[region] = labels
-
-    def run_block(self, index: Triple) -> int:
-        region = block_region(index, self.grid.shape, self.pred.block)
+    def run_block(self, index: Triple) -> tuple[int, str]:
+        grid = self.job.grid
+        region = block_region(index, grid.shape, self.job.block)
+        keep = None
+        if self.mask is not None:
+            keep = np.asarray(self.mask[self._global(region)]).astype(bool)
+            keep = keep[None] if self.flat else keep
         labels, probs = predict_region(
-            region, grid=self.grid, read=self.read, stats=self.stats, runner=self.runner,
-            batch_size=self.batch_size,
+            region, grid=grid, read=self.read, stats=self.stats, runner=self.runner,
+            batch_size=self.job.batch_size, keep=keep,
         )
-        self.write(region, labels, probs)
-        self.pred.mark_done(index)
-        return int(labels.size)
+        target = region[1:] if self.flat else region
+        if self.probs is not None and probs is not None:
+            q = np.rint(probs * np.float32(255)).astype(np.uint8)
+            self.probs[(slice(None), *target)] = q[:, 0] if self.flat else q
+        self.out[target] = labels[0] if self.flat else labels
+        (self.markers / ".".join(map(str, index))).touch()
+        return int(labels.size), self.runner.precision or self.job.precision
+
+
+_ENGINES: dict[BlockJob, _Engine] = {}
+_ENGINES_LOCK = threading.Lock()
+
+
+def run_block(job: BlockJob, index: Triple) -> tuple[int, str]:
+    """Run one block of a job (in any process: the engine is built once per process and job)."""
+    with _ENGINES_LOCK:
+        engine = _ENGINES.get(job)
+        if engine is None:
+            engine = _ENGINES[job] = _Engine(job)
+    return engine.run_block(index)
 
 
 def predict_region(
     region: tuple[slice, ...], *, grid: TileGrid, read: Callable[[tuple[slice, ...]], np.ndarray],
     stats: dict[str, Any], runner: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]],
-    batch_size: int,
+    batch_size: int, keep: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Labels (and probabilities) of one region of the volume from the global tile grid.
+    """Labels (and probabilities) of one region from the global tile grid.
 
     Parameters
     ----------
-    region : three slices of the (Z, Y, X) volume.
-    read : reads a box (three slices) of the raw volume.
+    region : three slices of the grid's (Z, Y, X) region.
+    read : reads a box (three slices, volume coordinates) of the raw volume.
     runner : maps a batch (N, 1, Tz, Ty, Tx) of normalised tiles to (labels, probabilities or None).
+    keep : optional (z, y, x) bool mask of the region; tiles whose kept centre has no voxel to keep are not run,
+        and voxels not kept are labelled :data:`OUTSIDE` (probabilities 0).
 
     Returns
     -------
     labels : (z, y, x) uint8 array of the region; probabilities : (C, z, y, x) float32 or None.
     """
+    step, halo, tile = grid.step, grid.halo, grid.tile
+    rshape = tuple(r.stop - r.start for r in region)
+    labels = np.full(rshape, OUTSIDE, np.uint8)
+    probs: np.ndarray | None = None
     ks = grid.tiles_meeting(region)
+
+    def kept(k: Sequence[int]) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+        """The kept centre of tile k clipped to the region: (in region coordinates, in tile coordinates)."""
+        lo = [max(kk * s, r.start) for kk, s, r in zip(k, step, region)]
+        hi = [min((kk + 1) * s, r.stop) for kk, s, r in zip(k, step, region)]
+        dst = tuple(slice(a - r.start, b - r.start) for a, b, r in zip(lo, hi, region))
+        src = tuple(slice(a - (kk * s - h), b - (kk * s - h)) for a, b, kk, s, h in zip(lo, hi, k, step, halo))
+        return dst, src
+
+    origins = [k for k in itertools.product(*ks) if keep is None or keep[kept(k)[0]].any()]
+    if not origins:
+        return labels, probs
     index = grid.input_index(ks)
     box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in index)
     raw = read(box)
-    data = raw[np.ix_(*(i - b.start for i, b in zip(index, box)))]
-    data = normalize(data, stats)
+    data = normalize(raw[np.ix_(*(i - b.start for i, b in zip(index, box)))], stats)
     del raw
-    step, halo, tile = grid.step, grid.halo, grid.tile
-    rshape = tuple(r.stop - r.start for r in region)
-    labels = np.empty(rshape, np.uint8)
-    probs: np.ndarray | None = None
-    origins = list(itertools.product(*ks))
     for start in range(0, len(origins), batch_size):
         chunk = origins[start : start + batch_size]
         batch = np.empty((len(chunk), 1, *tile), np.float32)
@@ -369,24 +514,23 @@ def predict_region(
             batch[n, 0] = data[sl]
         tile_labels, tile_probs = runner(batch)
         if tile_probs is not None and probs is None:
-            probs = np.empty((tile_probs.shape[1], *rshape), np.float32)
+            probs = np.zeros((tile_probs.shape[1], *rshape), np.float32)
         for n, k in enumerate(chunk):
-            # the kept centre of tile k, clipped to the region, in region and in tile coordinates
-            lo = [max(kk * s, r.start) for kk, s, r in zip(k, step, region)]
-            hi = [min((kk + 1) * s, r.stop) for kk, s, r in zip(k, step, region)]
-            dst = tuple(slice(a - r.start, b - r.start) for a, b, r in zip(lo, hi, region))
-            src = tuple(slice(a - (kk * s - h), b - (kk * s - h)) for a, b, kk, s, h in zip(lo, hi, k, step, halo))
+            dst, src = kept(k)
             labels[dst] = tile_labels[n][src]
             if probs is not None and tile_probs is not None:
                 probs[(slice(None), *dst)] = tile_probs[n][(slice(None), *src)]
+    if keep is not None:
+        labels[~keep] = OUTSIDE
+        if probs is not None:
+            probs[:, ~keep] = 0
     return labels, probs
 
 
 def _geometry(payload: dict[str, Any], volume_shape: Sequence[int], config: PredictConfig,
-              volume_name: str) -> tuple[TileGrid, Triple]:
-    """Check tile/halo/block against the model and the volume; return the grid and the block shape."""
+              volume_name: str) -> tuple[TileGrid, Triple, int]:
+    """Check tile/halo/block/crop/axis against the model and the volume; return the grid, block and axis."""
     dims = int(payload["spatial_dims"])
-    shape3: Triple = (1, *volume_shape) if len(volume_shape) == 2 else tuple(volume_shape)  # type: ignore[assignment]
     if len(volume_shape) not in (2, 3):
         raise InputError(f"{volume_name} has shape {tuple(volume_shape)}: rockseg predicts 2D (Y, X) or 3D (Z, Y, X)")
     if dims == 3 and len(volume_shape) == 2:
@@ -394,6 +538,17 @@ def _geometry(payload: dict[str, Any], volume_shape: Sequence[int], config: Pred
             f"{volume_name} is a 2D image {tuple(volume_shape)} but the model is 3D: use a 2D model "
             f"(rockseg train --dims 2)"
         )
+    if config.axis not in AXES:
+        raise InputError(f"--axis {config.axis!r}: choose z, y or x")
+    axis = AXES.index(config.axis)
+    if len(volume_shape) == 2 and axis != 0:
+        raise InputError(f"--axis {config.axis}: a 2D image has only the z direction")
+    full: Triple = (1, *volume_shape) if len(volume_shape) == 2 else tuple(volume_shape)  # type: ignore[assignment]
+    crop = parse_crop(config.crop, volume_shape) if config.crop else tuple(slice(0, n) for n in volume_shape)
+    if len(volume_shape) == 2:
+        crop = (slice(0, 1), *crop)
+    shape3: Triple = tuple(c.stop - c.start for c in crop)  # type: ignore[assignment]
+    origin: Triple = tuple(c.start for c in crop)  # type: ignore[assignment]
     tile = int(config.tile or payload["tile"])
     halo = int(config.halo if config.halo is not None else payload["halo"])
     divisor = 2 ** int(payload["arch_args"].get("depth", 3))
@@ -401,12 +556,14 @@ def _geometry(payload: dict[str, Any], volume_shape: Sequence[int], config: Pred
         raise InputError(f"--tile {tile}: this model needs a tile edge that is a positive multiple of {divisor}")
     if halo < 0 or tile - 2 * halo < 1:
         raise InputError(f"--halo {halo}: with --tile {tile} the halo must be between 0 and {(tile - 1) // 2}")
-    tile3: Triple = (tile,) * 3 if dims == 3 else (1, tile, tile)  # type: ignore[assignment]
-    halo3: Triple = (halo,) * 3 if dims == 3 else (0, halo, halo)  # type: ignore[assignment]
-    for axis, (n, t) in enumerate(zip(shape3, tile3)):
+    tile3 = [tile] * 3
+    halo3 = [halo] * 3
+    if dims == 2:
+        tile3[axis], halo3[axis] = 1, 0
+    for ax, (n, t) in enumerate(zip(full, tile3)):
         if n < t:
             raise InputError(
-                f"{volume_name} has {n} voxels along axis {'ZYX'[axis]}, fewer than the tile edge {t}: use a "
+                f"{volume_name} has {n} voxels along axis {'ZYX'[ax]}, fewer than the tile edge {t}: use a "
                 f"smaller --tile (a multiple of {divisor})" + (" or a 2D model" if dims == 3 else "")
             )
     step = tile - 2 * halo
@@ -417,7 +574,53 @@ def _geometry(payload: dict[str, Any], volume_shape: Sequence[int], config: Pred
     else:
         edge = max(step, round(DEFAULT_BLOCK / step) * step)
     block: Triple = tuple(min(edge, n) for n in shape3)  # type: ignore[assignment]
-    return TileGrid(shape3, tile3, halo3), block
+    grid = TileGrid(shape3, tuple(tile3), tuple(halo3), origin, full)  # type: ignore[arg-type]
+    return grid, block, axis
+
+
+class _RunLock:
+    """One lock file per shard in the output, so that the same blocks are never run twice at once.
+
+    Runs of different shards work side by side. A lock left by a run that died on this host is taken over; one
+    held by a live process (or by another host) makes the second run refuse with a clear message.
+    """
+
+    def __init__(self, out: Path, shard: tuple[int, int] | None) -> None:
+        name = f"lock-{shard[0]}-of-{shard[1]}" if shard else "lock-all"
+        self.path = out / MARKER_DIR / name
+
+    def __enter__(self) -> _RunLock:
+        me = f"{socket.gethostname()} {os.getpid()}"
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                host, _, pid = self.path.read_text().partition(" ")
+                if host == socket.gethostname() and pid.strip().isdigit() and not _alive(int(pid)):
+                    self.path.unlink(missing_ok=True)  # left by a run that was killed: take it over
+                    continue
+                raise OutputExistsError(
+                    f"{self.path.parent.parent} is being written by another 'rockseg predict' (process {pid.strip()} "
+                    f"on {host}) for the same blocks: wait for it, run another --shard, or delete {self.path} if that "
+                    f"run is dead"
+                ) from None
+            with os.fdopen(fd, "w") as f:
+                f.write(me)
+            return self
+        raise OutputExistsError(f"could not take the lock {self.path}: delete it if no run is writing this output")
+
+    def __exit__(self, *exc: object) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def predict(
@@ -439,7 +642,7 @@ def predict(
     Returns
     -------
     summary : dict with ``out``, ``voxels``, ``seconds``, ``voxels_per_second``, ``blocks_done``,
-        ``blocks_skipped``, ``blocks_missing`` (blocks of other shards not yet done), ``complete``.
+        ``blocks_skipped``, ``blocks_missing`` (blocks of other shards not yet done), ``complete``, ``precision``.
     """
     vpath = Path(volume)
     array = open_volume(vpath, name="volume")
@@ -456,19 +659,39 @@ def predict(
         raise InputError(f"--normalize {config.normalization!r}: choose volume or model")
     if config.batch_size < 1 or config.workers < 1:
         raise InputError("--batch-size and --workers must be at least 1")
-    grid, block = _geometry(payload, array.shape, config, str(vpath))
-    device = resolve_device(config.device)
+    grid, block, axis = _geometry(payload, array.shape, config, str(vpath))
+    if config.scheduler is None:
+        resolve_device(config.device)
     if config.probabilities and Path(config.probabilities).resolve() == out_path.resolve():
         raise InputError("--probabilities must be another path than the output")
+    mask_path = None
+    if config.mask:
+        mask = open_volume(config.mask, name="mask")
+        if mask.shape != array.shape:
+            raise InputError(
+                f"mask {config.mask} has shape {mask.shape} but volume {vpath} has {array.shape}: the mask must "
+                f"cover the whole volume"
+            )
+        mask_path = str(Path(config.mask).resolve())
+    parent = out_path.resolve().parent
+    if not parent.exists():
+        raise MissingInputError(f"the folder of output {out_path} does not exist: create {parent} first")
+    if not os.access(parent, os.W_OK) or (out_path.exists() and not os.access(out_path, os.W_OK)):
+        raise InputError(f"cannot write output {out_path}: choose a writable place (-o) or fix its permissions")
+    if config.scheduler:
+        try:
+            import distributed  # noqa: F401
+        except ImportError:
+            raise InputError("--scheduler needs Dask distributed: pip install 'rockseg[distributed]'") from None
 
     stats = _normalization_stats(array, payload, config.normalization)
     phases = {int(k): v for k, v in payload["phases"].items()}
     sha = file_sha256(model_path)
-    precision = config.precision if config.precision != "auto" else ("bf16" if device.type == "cuda" else "float32")
     settings = {
-        "model_sha256": sha, "tile": list(grid.tile), "halo": list(grid.halo), "precision": precision,
+        "model_sha256": sha, "tile": list(grid.tile), "halo": list(grid.halo), "precision": config.precision,
         "normalization": {k: stats[k] for k in ("p_low", "p_high")}, "volume_shape": list(array.shape),
-        "probabilities": bool(config.probabilities),
+        "probabilities": bool(config.probabilities), "tta": config.tta, "crop": [list(grid.origin), list(grid.shape)],
+        "mask": mask_path,
     }
     src_attrs = dict(array.attrs)
     attrs = {
@@ -477,43 +700,44 @@ def predict(
         ATTR_PROVENANCE: provenance(
             model=str(model_path), model_sha256=sha, settings=settings, block=list(block), shape3=list(grid.shape),
             probabilities=str(Path(config.probabilities).resolve()) if config.probabilities else None,
+            outside_mask=OUTSIDE if mask_path else None,
         ),
     }
     for key in (ATTR_VOXEL_SIZE, ATTR_VOXEL_UNIT):
         if key in src_attrs:
             attrs[key] = src_attrs[key]
+    out_shape = grid.shape[1:] if array.ndim == 2 else grid.shape
     pred = _create_prediction(
-        out_path, shape=array.shape, shape3=grid.shape, block=block, classes=len(phases), attrs=attrs,
+        out_path, shape=out_shape, shape3=grid.shape, block=block, classes=len(phases), attrs=attrs,
         probabilities=config.probabilities, overwrite=overwrite,
     )
-    probs = zarr.open_array(store=config.probabilities, mode="r+") if config.probabilities else None
-
+    job = BlockJob(
+        volume=str(vpath.resolve()), out=str(out_path.resolve()), model=str(model_path.resolve()),
+        model_sha256=sha, grid=grid,
+        block=block, p_low=float(stats["p_low"]), p_high=float(stats["p_high"]), batch_size=config.batch_size,
+        device=config.device, precision=config.precision, spatial_dims=int(payload["spatial_dims"]), axis=axis,
+        tta=config.tta, probabilities=str(Path(config.probabilities).resolve()) if config.probabilities else None,
+        mask=mask_path,
+    )
     blocks = pred.blocks()
     mine = blocks[config.shard[0] :: config.shard[1]] if config.shard else blocks
-    done = pred.done()
-    todo = [b for b in mine if b not in done]
-
-    if device.type == "cpu":
-        torch.set_num_threads(os.cpu_count() or 1)
-    runner = TileRunner(
-        model_from_payload(payload), spatial_dims=int(payload["spatial_dims"]), device=device,
-        precision=precision, probabilities=probs is not None,
-    )
-    engine = _Engine(array, grid, runner, stats, pred, probs, config.batch_size)
     start = time.perf_counter()
     voxels = 0
-    with Reporter(len(todo), "predict", bar=progress, log=log) as report:
-
-        def run(index: Triple) -> int:
-            n = engine.run_block(index)
-            report.advance(n)
-            return n
-
-        # Dask's threaded scheduler keeps at most `workers` blocks in flight: while one block's tiles run through
-        # the model (serialised by the runner's lock), the next block is read and decompressed.
-        tasks = [dask.delayed(run, pure=False)(b) for b in todo]
-        for batch in _batched(tasks, 4096):
-            voxels += sum(dask.compute(*batch, scheduler="threads", num_workers=config.workers))
+    precisions: set[str] = set()
+    with _RunLock(pred.path, config.shard):
+        done = pred.done()
+        todo = [b for b in mine if b not in done]
+        with Reporter(len(todo), "predict", bar=progress, log=log) as report:
+            if config.scheduler:
+                results = _run_distributed(job, todo, config.scheduler, report)
+            else:
+                try:
+                    results = _run_threads(job, todo, config.workers, report)
+                finally:
+                    _ENGINES.pop(job, None)  # free the model; a distributed worker keeps its own
+            for n, precision in results:
+                voxels += n
+                precisions.add(precision)
     seconds = time.perf_counter() - start
     missing = pred.missing()
     if not missing:
@@ -522,13 +746,47 @@ def predict(
         "out": str(out_path), "voxels": voxels, "seconds": seconds,
         "voxels_per_second": voxels / seconds if seconds > 0 else 0.0,
         "blocks_done": len(todo), "blocks_skipped": len(mine) - len(todo), "blocks_missing": len(missing),
-        "blocks_total": len(blocks), "complete": not missing, "device": str(device), "precision": precision,
+        "blocks_total": len(blocks), "complete": not missing, "precision": ",".join(sorted(precisions)) or None,
     }
 
 
-def _batched(items: list[Any], n: int) -> Iterator[list[Any]]:
-    for i in range(0, len(items), n):
-        yield items[i : i + n]
+def _run_threads(job: BlockJob, todo: list[Triple], workers: int, report: Reporter) -> list[tuple[int, str]]:
+    """Run blocks with Dask's threaded scheduler, at most ``workers`` in flight.
+
+    While one block's tiles run through the model (serialised by the runner's lock), the next block is read and
+    decompressed, and the previous one compressed and written.
+    """
+
+    def run(index: Triple) -> tuple[int, str]:
+        result = run_block(job, index)
+        report.advance(result[0])
+        return result
+
+    results: list[tuple[int, str]] = []
+    for i in range(0, len(todo), 4096):  # bounded graph size for millions of blocks
+        tasks = [dask.delayed(run, pure=False)(b) for b in todo[i : i + 4096]]
+        results.extend(dask.compute(*tasks, scheduler="threads", num_workers=workers))
+    return results
+
+
+def _run_distributed(job: BlockJob, todo: list[Triple], address: str, report: Reporter) -> list[tuple[int, str]]:
+    """Run blocks on an existing Dask distributed cluster, keeping about two blocks per worker thread in flight."""
+    from distributed import Client, as_completed
+
+    results: list[tuple[int, str]] = []
+    with Client(address, timeout="30s") as client:
+        slots = max(2, 2 * sum(client.nthreads().values()))
+        pending = iter(todo)
+        futures = [client.submit(run_block, job, b, pure=False) for b in itertools.islice(pending, slots)]
+        queue = as_completed(futures)
+        for future in queue:
+            result = future.result()
+            results.append(result)
+            report.advance(result[0])
+            nxt = next(pending, None)
+            if nxt is not None:
+                queue.add(client.submit(run_block, job, nxt, pure=False))
+    return results
 
 
 def _normalization_stats(array: zarr.Array, payload: dict[str, Any], mode: str) -> dict[str, Any]:

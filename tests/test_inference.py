@@ -7,6 +7,8 @@ faces only if tiles, halos and blocks are placed exactly right, so any seam or o
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -223,3 +225,135 @@ def test_parse_shard():
     for bad in ("4/4", "x", "1/0", "-1/3"):
         with pytest.raises(InputError):
             inference.parse_shard(bad)
+
+
+def test_tta_crop_and_workers_keep_exact_labels(tmp_path, boxsum):
+    data = binary_volume(tmp_path / "v.zarr", (22, 26, 19), chunks=(8, 8, 8))
+    model = boxsum(tmp_path / "m.pt")
+    expected = expected_boxsum(data)
+    # flips of a box sum are the same box sum: test-time augmentation must not move anything
+    predict(tmp_path / "v.zarr", tmp_path / "tta.zarr", model=model,
+            config=PredictConfig(block=12, device="cpu", tta=True, workers=3))
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "tta.zarr"))[...], expected)
+    # a crop reads its context from the volume around it: equal to the crop of the whole prediction
+    predict(tmp_path / "v.zarr", tmp_path / "crop.zarr", model=model,
+            config=PredictConfig(block=8, device="cpu", crop="3:17,5:,:-2", workers=1))
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "crop.zarr"))[...], expected[3:17, 5:, :-2])
+
+
+def test_mask_leaves_outside_untouched(tmp_path, boxsum):
+    data = binary_volume(tmp_path / "v.zarr", (20, 24, 24))
+    model = boxsum(tmp_path / "m.pt")
+    zz, yy, xx = np.mgrid[:20, :24, :24]
+    cylinder = ((yy - 11.5) ** 2 + (xx - 11.5) ** 2 < 10**2).astype(np.uint8)
+    cylinder[:, :, 20:] = 0  # a whole block outside the field of view
+    m = zarr.create_array(store=str(tmp_path / "mask.zarr"), shape=data.shape, chunks=data.shape, dtype="uint8")
+    m[...] = cylinder
+    predict(tmp_path / "v.zarr", tmp_path / "p.zarr", model=model,
+            config=PredictConfig(block=12, device="cpu", mask=str(tmp_path / "mask.zarr")))
+    out = zarr.open_array(str(tmp_path / "p.zarr"))[...]
+    expected = np.where(cylinder > 0, expected_boxsum(data), inference.OUTSIDE)
+    np.testing.assert_array_equal(out, expected)
+    m2 = zarr.create_array(store=str(tmp_path / "bad.zarr"), shape=(20, 24, 23), chunks=(20, 24, 23), dtype="uint8")
+    with pytest.raises(InputError, match=r"mask .* has shape \(20, 24, 23\)"):
+        predict(tmp_path / "v.zarr", tmp_path / "q.zarr", model=model, config=PredictConfig(mask=str(tmp_path / "bad.zarr")))
+    assert m2.shape == (20, 24, 23)
+
+
+@pytest.mark.parametrize("axis", ["y", "x"])
+def test_2d_model_along_other_axes(tmp_path, boxsum, axis):
+    data = binary_volume(tmp_path / "v.zarr", (21, 17, 19))
+    model = boxsum(tmp_path / "m.pt", spatial_dims=2)
+    predict(tmp_path / "v.zarr", tmp_path / "p.zarr", model=model,
+            config=PredictConfig(block=10, device="cpu", axis=axis))
+    kernel = np.ones((3, 1, 3) if axis == "y" else (3, 3, 1), np.int64)
+    expected = ndimage.correlate(data.astype(np.int64), kernel, mode="mirror")
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "p.zarr"))[...], expected)
+
+
+def test_second_run_on_same_blocks_refuses_while_first_is_alive(tmp_path, boxsum):
+    import socket
+
+    binary_volume(tmp_path / "v.zarr", (20, 20, 20))
+    model = boxsum(tmp_path / "m.pt")
+    cfg = PredictConfig(block=12, device="cpu", shard=(0, 2))
+    predict(tmp_path / "v.zarr", tmp_path / "p.zarr", model=model, config=cfg)
+    lock = tmp_path / "p.zarr" / ".rockseg" / "lock-1-of-2"
+    lock.write_text(f"{socket.gethostname()} {os.getpid()}")  # a live run of shard 1/2
+    with pytest.raises(OutputExistsError, match="being written by another"):
+        predict(tmp_path / "v.zarr", tmp_path / "p.zarr", model=model,
+                config=PredictConfig(block=12, device="cpu", shard=(1, 2)))
+    lock.write_text(f"{socket.gethostname()} 999999999")  # a run that died: its lock is taken over
+    s = predict(tmp_path / "v.zarr", tmp_path / "p.zarr", model=model,
+                config=PredictConfig(block=12, device="cpu", shard=(1, 2)))
+    assert s["complete"] and not lock.exists()
+
+
+def test_nan_in_float_volume_is_refused(tmp_path, boxsum):
+    model = boxsum(tmp_path / "m.pt")
+    data = np.ones((20, 20, 20), np.float32)
+    data[15, 3, 4] = np.nan
+    arr = zarr.create_array(store=str(tmp_path / "v.zarr"), shape=data.shape, chunks=(10, 10, 10), dtype="float32")
+    arr[...] = data
+    arr.attrs["intensity"] = {"p_low": 0.0, "p_high": 1.0}
+    with pytest.raises(InputError, match="NaN or Inf"):
+        predict(tmp_path / "v.zarr", tmp_path / "p.zarr", model=model, config=PredictConfig(block=10, device="cpu"))
+
+
+def small_unet_model(path, seed=0):
+    torch.manual_seed(seed)
+    args = {"spatial_dims": 3, "classes": 3, "base_channels": 4, "depth": 2, "norm": "instance"}
+    save_model_file(path, UNet(**args).eval(), arch="unet", arch_args=args, spatial_dims=3, in_channels=1,
+                    phases={0: "a", 1: "b", 2: "c"}, normalization={"p_low": 0.0, "p_high": 255.0}, tile=16, halo=4)
+    return path
+
+
+@pytest.mark.slow
+def test_dask_distributed_cluster_gives_same_labels(tmp_path):
+    distributed = pytest.importorskip("distributed")
+    rng = np.random.default_rng(2)
+    data = rng.integers(0, 255, (32, 40, 24), dtype=np.uint8)
+    arr = zarr.create_array(store=str(tmp_path / "v.zarr"), shape=data.shape, chunks=(16, 16, 16), dtype="uint8")
+    arr[...] = data
+    model = small_unet_model(tmp_path / "m.pt")
+    predict(tmp_path / "v.zarr", tmp_path / "local.zarr", model=model, config=PredictConfig(block=16, device="cpu"))
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        s = predict(tmp_path / "v.zarr", tmp_path / "dist.zarr", model=model,
+                    config=PredictConfig(block=8, device="cpu", scheduler=cluster.scheduler_address))
+    assert s["complete"] and s["blocks_done"] == 4 * 5 * 3
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "dist.zarr"))[...],
+                                  zarr.open_array(str(tmp_path / "local.zarr"))[...])
+
+
+@pytest.mark.slow
+def test_kill_9_then_same_command_finishes_only_missing_blocks(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    rng = np.random.default_rng(3)
+    data = rng.integers(0, 255, (64, 64, 64), dtype=np.uint8)
+    arr = zarr.create_array(store=str(tmp_path / "v.zarr"), shape=data.shape, chunks=(32, 32, 32), dtype="uint8")
+    arr[...] = data
+    model = small_unet_model(tmp_path / "m.pt")
+    cmd = [sys.executable, "-m", "rockseg", "predict", str(tmp_path / "v.zarr"), "-m", str(model), "-o",
+           str(tmp_path / "p.zarr"), "--device", "cpu", "--block", "8", "--workers", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    done_dir = tmp_path / "p.zarr" / ".rockseg" / "done"
+    deadline = time.time() + 120
+    target = int(rng.integers(20, 300))  # a random moment, between 20 and 300 of the 512 blocks
+    while time.time() < deadline and proc.poll() is None:
+        if done_dir.exists() and len(os.listdir(done_dir)) >= target:
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = len(os.listdir(done_dir))
+    assert 0 < before < 512
+    resumed = subprocess.run(cmd, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{512 - before} blocks done, {before} already done" in resumed.stdout
+    predict(tmp_path / "v.zarr", tmp_path / "ref.zarr", model=model, config=PredictConfig(block=8, device="cpu"))
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "p.zarr"))[...],
+                                  zarr.open_array(str(tmp_path / "ref.zarr"))[...])
