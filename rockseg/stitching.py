@@ -34,7 +34,8 @@ EXPORTS = (".tif", ".tiff", ".nc", ".raw", ".npy")
 
 def stitch(
     preds: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str], *, overwrite: bool = False,
-    workers: int = 2, progress: bool = False, log: Callable[[str], None] | None = None,
+    preview: str | os.PathLike[str] | None = None, workers: int = 2, progress: bool = False,
+    log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Check, fuse and write the final labels of one or more predictions.
 
@@ -43,6 +44,8 @@ def stitch(
     preds : paths of prediction stores written by ``rockseg predict`` (all of the same volume).
     out : ``.zarr`` label store, or an export (``.tif``, ``.nc``, ``.raw`` + ``.mhd``, ``.npy``).
     overwrite : replace an existing output.
+    preview : optional path of a Zarr group to write a downsampled preview pyramid into (see
+        :func:`write_preview`).
 
     Raises
     ------
@@ -53,6 +56,8 @@ def stitch(
         raise InputError("stitch needs at least one prediction store")
     out = Path(out)
     check_new_output(out, overwrite=overwrite)
+    if preview is not None:
+        check_new_output(preview, overwrite=overwrite)
     opened = [Prediction(p) for p in preds]
     incomplete = [(p, p.missing()) for p in opened]
     incomplete = [(p, m) for p, m in incomplete if m]
@@ -139,9 +144,49 @@ def stitch(
                              progress=progress)
             finally:
                 shutil.rmtree(target, ignore_errors=True)
+    levels = 0
+    if preview is not None:
+        source = zarr.open_array(store=str(out), mode="r") if not export else first.array
+        levels = write_preview(source, preview, overwrite=overwrite, workers=workers)
     seconds = time.perf_counter() - start
     return {
-        "out": str(written), "method": method, "predictions": [str(p.path) for p in opened],
+        "out": str(written), "method": method, "preview_levels": levels, "predictions": [str(p.path) for p in opened],
         "shape": list(shape), "seconds": seconds,
     }
 
+
+
+def write_preview(
+    labels: zarr.Array, path: str | os.PathLike[str], *, smallest: int = 256, overwrite: bool = False,
+    workers: int = 2,
+) -> int:
+    """Write a downsampled pyramid of a label volume for viewers, chunk by chunk.
+
+    Level ``k`` (an array named ``"k"`` in the group at ``path``) takes every ``2**k``-th voxel along each axis
+    (nearest neighbour: labels stay labels), from level 1 until the longest edge is at most ``smallest``. The group
+    carries OME-Zarr-style ``multiscales`` metadata. Returns the number of levels written.
+    """
+    import dask.array as da
+
+    src = da.from_zarr(labels)
+    with atomic_output(path, overwrite=overwrite) as tmp:
+        group = zarr.open_group(store=str(tmp), mode="w")
+        datasets = []
+        level = 0
+        while max(src.shape) > smallest:
+            level += 1
+            src = src[(slice(None, None, 2),) * src.ndim]
+            chunks = tuple(min(128, n) for n in src.shape)
+            arr = group.create_array(str(level), shape=src.shape, chunks=chunks, dtype=labels.dtype,
+                                     compressors=compressors_for("blosc-zstd"))
+            with dask.config.set(scheduler="threads", num_workers=workers):
+                da.store(src.rechunk(chunks), arr, lock=False)
+            src = da.from_zarr(arr)
+            datasets.append({"path": str(level), "coordinateTransformations": [
+                {"type": "scale", "scale": [float(2**level)] * src.ndim}]})
+        group.attrs.update({
+            "multiscales": [{"version": "0.4", "name": "preview", "datasets": datasets,
+                             "axes": [{"name": a, "type": "space"} for a in "zyx"[-labels.ndim:]]}],
+            ATTR_PHASES: dict(labels.attrs).get(ATTR_PHASES, {}),
+        })
+    return level

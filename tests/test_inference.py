@@ -14,59 +14,14 @@ import pytest
 import torch
 import zarr
 from scipy import ndimage
-from torch import nn
 
 from rockseg import inference
 from rockseg.errors import IncompleteError, InputError, MissingInputError, OutputExistsError
 from rockseg.inference import PredictConfig, TileGrid, check_complete, predict, reflect_index
-from rockseg.models import ARCHITECTURES, UNet, save_model_file
+from rockseg.models import UNet, save_model_file
 
 
-class BoxSum(nn.Module):
-    def __init__(self, spatial_dims: int = 3, classes: int = 28, depth: int = 3) -> None:
-        super().__init__()
-        conv = nn.Conv3d if spatial_dims == 3 else nn.Conv2d
-        self.conv = conv(1, 1, 3, padding=1, bias=False)
-        nn.init.ones_(self.conv.weight)
-        self.register_buffer("classes", torch.arange(classes, dtype=torch.float32))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = self.conv(x)
-        shape = (1, -1) + (1,) * (x.ndim - 2)
-        return -((s - self.classes.view(shape)) ** 2)
-
-
-@pytest.fixture
-def boxsum(monkeypatch):
-    monkeypatch.setitem(ARCHITECTURES, "boxsum", BoxSum)
-
-    def make(path, spatial_dims=3, tile=16, halo=2):
-        classes = 28 if spatial_dims == 3 else 10
-        model = BoxSum(spatial_dims, classes)
-        save_model_file(
-            path, model, arch="boxsum", arch_args={"spatial_dims": spatial_dims, "classes": classes},
-            spatial_dims=spatial_dims, in_channels=1, phases={i: f"s{i}" for i in range(classes)},
-            normalization={"p_low": 0.0, "p_high": 1.0}, tile=tile, halo=halo,
-        )
-        return path
-
-    return make
-
-
-def binary_volume(path, shape, seed=0, chunks=None):
-    rng = np.random.default_rng(seed)
-    data = (rng.random(shape) < 0.4).astype(np.uint8)
-    arr = zarr.create_array(store=str(path), shape=shape, chunks=chunks or shape, dtype="uint8")
-    arr[...] = data
-    arr.attrs["intensity"] = {"p_low": 0.0, "p_high": 1.0}
-    return data
-
-
-def expected_boxsum(data, axes=3):
-    kernel = np.ones((3,) * min(axes, data.ndim), np.int64)
-    if axes == 3 or data.ndim == 2:
-        return ndimage.correlate(data.astype(np.int64), kernel, mode="mirror")
-    return np.stack([ndimage.correlate(s.astype(np.int64), kernel, mode="mirror") for s in data])
+from conftest import binary_volume, expected_boxsum  # noqa: E402
 
 
 def test_reflect_index_matches_numpy_pad():
