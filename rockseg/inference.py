@@ -244,7 +244,10 @@ class TileRunner:
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """batch: (N, 1, Tz, Ty, Tx) float32 -> labels (N, Tz, Ty, Tx) uint8, probabilities (N, C, ...) or None."""
         with self.lock, torch.inference_mode():
-            x = torch.from_numpy(batch).to(self.device, non_blocking=True)
+            x = torch.from_numpy(batch)
+            if self.device.type == "cuda":  # pinned host memory: the copy to the GPU runs asynchronously
+                x = x.pin_memory()
+            x = x.to(self.device, non_blocking=True)
             if self.spatial_dims == 2:
                 x = x.squeeze(2 + self.axis)
             if self.precision is None:  # auto on a CPU with bf16: keep it only if the labels agree

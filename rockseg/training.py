@@ -123,6 +123,15 @@ def _check_positive_int(name: str, value: Any) -> None:
         raise InputError(f"--{name} {value!r} must be a whole number of at least 1")
 
 
+def tile_for(size: int, dims: int) -> int:
+    """Recommended prediction tile edge for networks trained on patches of edge ``size``.
+
+    The networks are fully convolutional, so prediction may use larger tiles than training: at least 64 voxels in
+    3D and 256 in 2D, where the halo cut off each side wastes far less work than on a small training patch.
+    """
+    return max(size, 64 if dims == 3 else 256)
+
+
 def halo_for(size: int) -> int:
     """Recommended prediction halo for a tile edge: about a sixth of it, even, at least 2 voxels."""
     return max(2, 2 * round(size / 12))
@@ -328,7 +337,8 @@ def train(
     }
     save_model_file(
         out_path, model.cpu(), arch=config.arch, arch_args=arch_args, spatial_dims=tile_dims, in_channels=1,
-        phases=phases, normalization=dict(stats), tile=size, halo=halo_for(size), training=training,
+        phases=phases, normalization=dict(stats), tile=tile_for(size, dims), halo=halo_for(tile_for(size, dims)),
+        training=training,
     )
     return {**training, "epochs": history["epochs_run"], "model": str(out_path), "log": str(log_file)}
 

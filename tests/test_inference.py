@@ -312,3 +312,21 @@ def test_kill_9_then_same_command_finishes_only_missing_blocks(tmp_path):
     predict(tmp_path / "v.zarr", tmp_path / "ref.zarr", model=model, config=PredictConfig(block=8, device="cpu"))
     np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "p.zarr"))[...],
                                   zarr.open_array(str(tmp_path / "ref.zarr"))[...])
+
+
+@pytest.mark.gpu
+def test_cuda_path_agrees_with_cpu(tmp_path):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    rng = np.random.default_rng(4)
+    data = rng.integers(0, 255, (40, 40, 40), dtype=np.uint8)
+    arr = zarr.create_array(store=str(tmp_path / "v.zarr"), shape=data.shape, chunks=(16, 16, 16), dtype="uint8")
+    arr[...] = data
+    model = small_unet_model(tmp_path / "m.pt")
+    predict(tmp_path / "v.zarr", tmp_path / "cpu.zarr", model=model, config=PredictConfig(block=16, device="cpu"))
+    s = predict(tmp_path / "v.zarr", tmp_path / "gpu.zarr", model=model,
+                config=PredictConfig(block=16, device="cuda", batch_size=8))
+    assert s["precision"] == "bf16"
+    cpu = zarr.open_array(str(tmp_path / "cpu.zarr"))[...]
+    gpu = zarr.open_array(str(tmp_path / "gpu.zarr"))[...]
+    assert (cpu == gpu).mean() >= 0.999

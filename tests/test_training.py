@@ -59,7 +59,8 @@ def test_model_file_holds_the_best_model(tilesets, tmp_path, dims):
                                         norm="batch", act="relu")
     assert payload["phases"] == {"0": "pore", "1": "grain"}
     assert payload["normalization"] == attrs["intensity"]
-    assert payload["tile"] == 16 and payload["halo"] == 2
+    assert payload["tile"] == (64 if dims == 3 else 256) == training.tile_for(16, dims)
+    assert payload["halo"] == training.halo_for(payload["tile"])
     t = payload["training"]
     assert t["epochs_run"] == 2 and t["steps"] == 4 and t["stopped"] == "epochs"
     assert t["config"]["base_channels"] == 4 and t["tiles"] == str(tilesets[dims].resolve())
