@@ -83,6 +83,8 @@ class PredictConfig:
         labels there are :data:`OUTSIDE` (255).
     axis : for a 2D model on a 3D volume, the axis it runs along (``"z"``, ``"y"`` or ``"x"``).
     scheduler : address of a Dask distributed scheduler to run the blocks on (default: threads in this process).
+    devices : several devices of this node, e.g. ``("cuda:0", "cuda:1")``: one worker process per device, each
+        holding the model once (a local Dask cluster; ``device`` is then ignored).
     """
 
     tile: int | None = None
@@ -100,6 +102,7 @@ class PredictConfig:
     mask: str | None = None
     axis: str = "z"
     scheduler: str | None = None
+    devices: tuple[str, ...] | None = None
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -663,7 +666,17 @@ def predict(
     if config.batch_size < 1 or config.workers < 1:
         raise InputError("--batch-size and --workers must be at least 1")
     grid, block, axis = _geometry(payload, array.shape, config, str(vpath))
-    if config.scheduler is None:
+    device = config.device
+    if config.devices:
+        if config.scheduler:
+            raise InputError("--devices starts its own workers: give either --devices or --scheduler, not both")
+        for d in config.devices:
+            resolve_device(d)
+        kinds = {d.split(":")[0] for d in config.devices}
+        if len(kinds) != 1 or kinds - {"cpu", "cuda"}:
+            raise InputError(f"--devices {','.join(config.devices)}: list devices of one kind, e.g. cuda:0,cuda:1")
+        device = kinds.pop()  # each worker sees only its own GPU, as cuda:0
+    elif config.scheduler is None:
         resolve_device(config.device)
     if config.probabilities and Path(config.probabilities).resolve() == out_path.resolve():
         raise InputError("--probabilities must be another path than the output")
@@ -679,13 +692,15 @@ def predict(
     parent = out_path.resolve().parent
     if not parent.exists():
         raise MissingInputError(f"the folder of output {out_path} does not exist: create {parent} first")
+    if not parent.is_dir():
+        raise InputError(f"cannot write output {out_path}: {parent} is a file, not a folder")
     if not os.access(parent, os.W_OK) or (out_path.exists() and not os.access(out_path, os.W_OK)):
         raise InputError(f"cannot write output {out_path}: choose a writable place (-o) or fix its permissions")
-    if config.scheduler:
+    if config.scheduler or config.devices:
         try:
             import distributed  # noqa: F401
         except ImportError:
-            raise InputError("--scheduler needs Dask distributed: pip install 'rockseg[distributed]'") from None
+            raise InputError("--scheduler and --devices need Dask distributed: pip install 'rockseg[distributed]'") from None
 
     stats = _normalization_stats(array, payload, config.normalization)
     phases = {int(k): v for k, v in payload["phases"].items()}
@@ -718,7 +733,7 @@ def predict(
         volume=str(vpath.resolve()), out=str(out_path.resolve()), model=str(model_path.resolve()),
         model_sha256=sha, grid=grid,
         block=block, p_low=float(stats["p_low"]), p_high=float(stats["p_high"]), batch_size=config.batch_size,
-        device=config.device, precision=config.precision, spatial_dims=int(payload["spatial_dims"]), axis=axis,
+        device=device, precision=config.precision, spatial_dims=int(payload["spatial_dims"]), axis=axis,
         tta=config.tta, probabilities=str(Path(config.probabilities).resolve()) if config.probabilities else None,
         mask=mask_path,
     )
@@ -731,7 +746,10 @@ def predict(
         done = pred.done()
         todo = [b for b in mine if b not in done]
         with Reporter(len(todo), "predict", bar=progress, log=log) as report:
-            if config.scheduler:
+            if config.devices:
+                with _device_cluster(config.devices) as cluster:
+                    results = _run_distributed(job, todo, cluster.scheduler_address, report)
+            elif config.scheduler:
                 results = _run_distributed(job, todo, config.scheduler, report)
             else:
                 try:
@@ -790,6 +808,20 @@ def _run_distributed(job: BlockJob, todo: list[Triple], address: str, report: Re
             if nxt is not None:
                 queue.add(client.submit(run_block, job, nxt, pure=False))
     return results
+
+
+def _device_cluster(devices: Sequence[str]) -> Any:
+    """A local Dask cluster with one single-threaded worker process per device.
+
+    A worker for ``cuda:N`` sees only that GPU (``CUDA_VISIBLE_DEVICES=N``), so every worker uses ``cuda``.
+    """
+    from distributed import Nanny, Scheduler, SpecCluster
+
+    workers = {}
+    for i, dev in enumerate(devices):
+        env = {"CUDA_VISIBLE_DEVICES": dev.partition(":")[2] or "0"} if dev.startswith("cuda") else {}
+        workers[f"device-{i}"] = {"cls": Nanny, "options": {"nthreads": 1, "env": env}}
+    return SpecCluster(workers=workers, scheduler={"cls": Scheduler, "options": {"dashboard_address": None}})
 
 
 def _normalization_stats(array: zarr.Array, payload: dict[str, Any], mode: str) -> dict[str, Any]:

@@ -330,3 +330,47 @@ def test_cuda_path_agrees_with_cpu(tmp_path):
     cpu = zarr.open_array(str(tmp_path / "cpu.zarr"))[...]
     gpu = zarr.open_array(str(tmp_path / "gpu.zarr"))[...]
     assert (cpu == gpu).mean() >= 0.999
+
+
+@pytest.mark.slow
+def test_one_worker_process_per_device(tmp_path):
+    pytest.importorskip("distributed")
+    rng = np.random.default_rng(5)
+    data = rng.integers(0, 255, (24, 24, 24), dtype=np.uint8)
+    arr = zarr.create_array(store=str(tmp_path / "v.zarr"), shape=data.shape, chunks=(16, 16, 16), dtype="uint8")
+    arr[...] = data
+    model = small_unet_model(tmp_path / "m.pt")
+    predict(tmp_path / "v.zarr", tmp_path / "local.zarr", model=model, config=PredictConfig(block=8, device="cpu"))
+    s = predict(tmp_path / "v.zarr", tmp_path / "dev.zarr", model=model,
+                config=PredictConfig(block=8, devices=("cpu", "cpu")))
+    assert s["complete"]
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "dev.zarr"))[...],
+                                  zarr.open_array(str(tmp_path / "local.zarr"))[...])
+    # refused before any work: mixing kinds on a GPU node, or no CUDA at all here
+    with pytest.raises(InputError, match="one kind" if torch.cuda.is_available() else "no CUDA"):
+        predict(tmp_path / "v.zarr", tmp_path / "x.zarr", model=model, config=PredictConfig(devices=("cpu", "cuda:0")))
+    assert not (tmp_path / "x.zarr").exists()
+
+
+@pytest.mark.parametrize(("agreement", "expected"), [(0.0, "bf16"), (1.01, "float32")])
+def test_cpu_bf16_only_where_supported_and_labels_agree(tmp_path, monkeypatch, agreement, expected):
+    rng = np.random.default_rng(6)
+    data = rng.integers(0, 255, (16, 16, 16), dtype=np.uint8)
+    arr = zarr.create_array(store=str(tmp_path / "v.zarr"), shape=data.shape, chunks=data.shape, dtype="uint8")
+    arr[...] = data
+    model = small_unet_model(tmp_path / "m.pt")
+    monkeypatch.setattr(inference, "cpu_has_bf16", lambda: False)
+    s = predict(tmp_path / "v.zarr", tmp_path / "a.zarr", model=model, config=PredictConfig(device="cpu"))
+    assert s["precision"] == "float32"  # no bf16 instructions: never emulate it
+    monkeypatch.setattr(inference, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(inference, "AGREEMENT", agreement)
+    s = predict(tmp_path / "v.zarr", tmp_path / "b.zarr", model=model, config=PredictConfig(device="cpu"))
+    assert s["precision"] == expected
+
+
+def test_output_under_a_file_is_refused(tmp_path, boxsum):
+    binary_volume(tmp_path / "v.zarr", (20, 20, 20))
+    model = boxsum(tmp_path / "m.pt")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(InputError, match="is a file, not a folder"):
+        predict(tmp_path / "v.zarr", tmp_path / "file" / "p.zarr", model=model)
