@@ -560,6 +560,12 @@ def _geometry(payload: dict[str, Any], volume_shape: Sequence[int], config: Pred
     divisor = 2 ** int(payload["arch_args"].get("depth", 3))
     if tile <= 0 or tile % divisor:
         raise InputError(f"--tile {tile}: this model needs a tile edge that is a positive multiple of {divisor}")
+    in_plane = [n for ax, n in enumerate(full) if not (dims == 2 and ax == axis)]
+    if config.tile is None and min(in_plane) < tile:
+        # the model's recommended tile does not fit this small volume: take the largest tile that does
+        tile = max(divisor, min(in_plane) // divisor * divisor)
+        if config.halo is None:
+            halo = min(halo, (tile - 1) // 4)
     if halo < 0 or tile - 2 * halo < 1:
         raise InputError(f"--halo {halo}: with --tile {tile} the halo must be between 0 and {(tile - 1) // 2}")
     tile3 = [tile] * 3

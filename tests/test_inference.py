@@ -150,7 +150,12 @@ def test_bad_inputs(tmp_path, boxsum):
         predict(tmp_path / "nope.zarr", tmp_path / "p.zarr", model=model)
     binary_volume(tmp_path / "small.zarr", (8, 30, 30))
     with pytest.raises(InputError, match="fewer than the tile edge 16"):
-        predict(tmp_path / "small.zarr", tmp_path / "p.zarr", model=model, config=PredictConfig(device="cpu"))
+        predict(tmp_path / "small.zarr", tmp_path / "p.zarr", model=model, config=PredictConfig(device="cpu", tile=16))
+    # without --tile the model's tile shrinks to fit (8 here), but not below what the network can take
+    assert predict(tmp_path / "small.zarr", tmp_path / "ok.zarr", model=model, config=PredictConfig(device="cpu"))["complete"]
+    binary_volume(tmp_path / "thin.zarr", (4, 30, 30))
+    with pytest.raises(InputError, match="fewer than the tile edge 8"):
+        predict(tmp_path / "thin.zarr", tmp_path / "p.zarr", model=model, config=PredictConfig(device="cpu"))
     with pytest.raises(InputError, match="multiple of 8"):
         predict(tmp_path / "small.zarr", tmp_path / "p.zarr", model=model, config=PredictConfig(tile=12))
     (tmp_path / "junk.pt").write_bytes(b"not a model")
