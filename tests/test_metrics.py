@@ -491,3 +491,279 @@ def test_berea_400(tmp_path):
         # The in-memory function is checked against scikit-image on random volumes above.
         assert phase["euler_pred"] == euler_number(pred == phase["label"], connectivity=1)
     assert doc["phases"][1]["euler_pred"] != doc["phases"][1]["euler_true"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Per-slice scores, masks, ignored labels and strict phase names
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def planes(volume: np.ndarray, axis: int) -> list[np.ndarray]:
+    return [np.take(volume, s, axis=axis) for s in range(volume.shape[axis])]
+
+
+def check_per_slice(doc: dict, pred: np.ndarray, truth: np.ndarray | None, inside: np.ndarray, axis: int) -> None:
+    """Every per-slice list against scikit-image and NumPy, slice by slice, with the mask ``inside`` applied."""
+    per = doc["per_slice"]
+    connectivity = doc["connectivity"]
+    assert per["axis"] == "zyx"[axis]
+    assert per["neighbourhood"] == (8 if connectivity == 3 else 4)
+    assert per["voxels"] == [int(np.count_nonzero(m)) for m in planes(inside, axis)]
+    assert [p["label"] for p in per["phases"]] == [p["label"] for p in doc["phases"]]
+    for phase in per["phases"]:
+        label = phase["label"]
+        p_planes = planes((pred == label) & inside, axis)
+        assert phase["euler_pred"] == [skimage_euler(p, connectivity) for p in p_planes], label
+        assert phase["fraction_pred"] == [
+            np.count_nonzero(p) / n if n else None for p, n in zip(p_planes, per["voxels"])
+        ]
+        scored = [e for e, n in zip(phase["euler_pred"], per["voxels"]) if n]
+        assert (phase["euler_pred_min"], phase["euler_pred_max"]) == (min(scored), max(scored))
+        assert phase["euler_pred_mean"] == pytest.approx(np.mean(scored), rel=1e-12)
+        if truth is None:
+            assert "iou" not in phase and "euler_true" not in phase
+            continue
+        t_planes = planes((truth == label) & inside, axis)
+        assert phase["euler_true"] == [skimage_euler(t, connectivity) for t in t_planes], label
+        iou = []
+        for p, t in zip(p_planes, t_planes):
+            union = np.count_nonzero(p | t)
+            iou.append(np.count_nonzero(p & t) / union if union else None)
+        assert phase["iou"] == iou
+        defined = [v for v in iou if v is not None]
+        if defined:
+            assert (phase["iou_min"], phase["iou_max"]) == (min(defined), max(defined))
+    if truth is not None:
+        ignored = set(doc.get("ignore", []))
+        for s, value in enumerate(per["mean_iou"]):
+            ious = [p["iou"][s] for p in per["phases"] if p["label"] not in ignored and p["iou"][s] is not None]
+            assert value == (pytest.approx(sum(ious) / len(ious), rel=1e-12) if ious else None)
+
+
+def test_per_slice_hand_made():
+    # Slice 0: a square ring (a hole: 2D Euler 0); slice 1: two pixels touching at a corner (one object with
+    # the 8-neighbourhood, two with the 4-neighbourhood); slice 2: empty; slice 3: a full square.
+    volume = np.zeros((4, 5, 5), np.uint8)
+    volume[0, 1:4, 1:4] = 1
+    volume[0, 2, 2] = 0
+    volume[1, 1, 1] = volume[1, 2, 2] = 1
+    volume[3, 1:3, 1:4] = 1
+    for connectivity, expected in ((3, [0, 1, 0, 1]), (1, [0, 2, 0, 1])):
+        doc = score_volumes(volume, volume, per_slice="z", connectivity=connectivity, block_shape=(2, 3, 2))
+        ring = doc["per_slice"]["phases"][1]
+        assert ring["euler_pred"] == ring["euler_true"] == expected
+        assert ring["iou"] == [1.0, 1.0, None, 1.0]
+        assert (ring["iou_mean"], ring["iou_min"], ring["iou_max"]) == (1.0, 1.0, 1.0)
+        assert (ring["euler_pred_min"], ring["euler_pred_max"]) == (0, max(expected))
+        assert doc["per_slice"]["index"] == [0, 1, 2, 3]
+        assert doc["per_slice"]["voxels"] == [25] * 4
+        assert doc["per_slice"]["mean_iou"] == [1.0] * 4
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+@pytest.mark.parametrize("block_shape", [(4, 5, 3), (9, 11, 13), (1, 2, 100)], ids=["awkward", "one", "thin"])
+def test_per_slice_matches_skimage_per_slice(axis, block_shape):
+    rng = np.random.default_rng(100 + axis)
+    truth = random_labels(rng, (9, 11, 13), [4, 3, 1])
+    pred = np.where(rng.random(truth.shape) < 0.25, random_labels(rng, truth.shape, [1, 1, 1]), truth)
+    everywhere = np.ones(truth.shape, bool)
+    for connectivity in (1, 3):
+        doc = score_volumes(
+            pred, truth, per_slice="zyx"[axis], connectivity=connectivity, block_shape=block_shape, num_workers=2
+        )
+        check_against_references(doc, pred, truth, connectivity)
+        check_per_slice(doc, pred, truth, everywhere, axis)
+        alone = score_volumes(pred, per_slice=axis, connectivity=connectivity, block_shape=block_shape)
+        check_per_slice(alone, pred, None, everywhere, axis)
+        assert "mean_iou" not in alone["per_slice"]
+
+
+def test_per_slice_of_a_crop_counts_slices_in_the_volume():
+    rng = np.random.default_rng(8)
+    truth = random_labels(rng, (10, 8, 9), [1, 1])
+    pred = truth ^ (rng.random(truth.shape) < 0.1).astype(np.uint8)
+    crop = (slice(2, 9), slice(1, 8), slice(0, 9))
+    doc = score_volumes(pred, truth, crop=crop, per_slice="y", block_shape=(3, 3, 4))
+    assert doc["per_slice"]["index"] == list(range(1, 8))
+    check_per_slice(doc, pred[crop], truth[crop], np.ones(pred[crop].shape, bool), 1)
+
+
+def masked_reference(doc, pred, truth, inside, connectivity):
+    """The document against NumPy and scikit-image with the mask applied (outside = background for Euler)."""
+    labels = [p["label"] for p in doc["phases"]]
+    n = int(np.count_nonzero(inside))
+    assert doc["voxels"] == n
+    assert doc["voxels_outside_mask"] == inside.size - n
+    assert doc["confusion"] == numpy_confusion(truth[inside], pred[inside], labels)
+    assert doc["accuracy"] == np.count_nonzero(truth[inside] == pred[inside]) / n
+    for phase in doc["phases"]:
+        label = phase["label"]
+        assert phase["fraction_pred"] == np.count_nonzero(pred[inside] == label) / n
+        assert phase["fraction_true"] == np.count_nonzero(truth[inside] == label) / n
+        assert phase["euler_pred"] == skimage_euler((pred == label) & inside, connectivity), label
+        assert phase["euler_true"] == skimage_euler((truth == label) & inside, connectivity), label
+
+
+def cylinder(shape: tuple[int, int, int]) -> np.ndarray:
+    """The cylindrical field of view of a core, axis along z."""
+    y, x = np.ogrid[: shape[1], : shape[2]]
+    cy, cx = (shape[1] - 1) / 2, (shape[2] - 1) / 2
+    disc = (y - cy) ** 2 + (x - cx) ** 2 <= (min(shape[1:]) / 2 - 0.5) ** 2
+    return np.broadcast_to(disc, shape).copy()
+
+
+@pytest.mark.parametrize("mask_dtype", [np.bool_, np.uint8, np.float32])
+def test_mask_matches_numpy_with_the_mask_applied(mask_dtype):
+    rng = np.random.default_rng(21)
+    shape = (9, 14, 13)
+    truth = random_labels(rng, shape, [3, 2, 2])
+    pred = np.where(rng.random(shape) < 0.2, random_labels(rng, shape, [1, 1, 1]), truth)
+    inside = cylinder(shape)
+    # Outside the field of view the labels are garbage (a label nobody else uses): it must count for nothing.
+    pred[~inside] = 7
+    mask = (inside * 3).astype(mask_dtype)  # any nonzero value is inside
+    for connectivity in (1, 3):
+        for block_shape in [(4, 5, 3), (9, 14, 13)]:
+            doc = score_volumes(
+                pred, truth, mask=mask, connectivity=connectivity, block_shape=block_shape, per_slice="x"
+            )
+            assert [p["label"] for p in doc["phases"]] == [0, 1, 2]
+            masked_reference(doc, pred, truth, inside, connectivity)
+            check_per_slice(doc, pred, truth, inside, 2)
+
+
+def test_mask_from_zarr_with_other_chunks_and_a_crop(tmp_path):
+    rng = np.random.default_rng(4)
+    shape = (10, 12, 12)
+    truth = random_labels(rng, shape, [1, 1])
+    pred = truth ^ (rng.random(shape) < 0.15).astype(np.uint8)
+    inside = cylinder(shape)
+    mask_z = write_zarr(tmp_path / "mask.zarr", inside.astype(np.uint8), (3, 7, 5))
+    crop = (slice(1, 9), slice(2, 12), slice(0, 11))
+    doc = score_volumes(pred, truth, mask=mask_z, crop=crop, block_shape=(4, 4, 4))
+    masked_reference(doc, pred[crop], truth[crop], inside[crop], 3)
+
+
+def test_ignore_leaves_a_label_out_of_the_mean_only():
+    truth = np.array([[0, 0, 1, 1, 2, 2]], np.uint8)
+    pred = np.array([[0, 1, 1, 1, 2, 0]], np.uint8)
+    plain = score_volumes(pred, truth)
+    doc = score_volumes(pred, truth, ignore=[0], per_slice=None)
+    assert [p["label"] for p in doc["phases"]] == [0, 1, 2]  # still reported
+    assert doc["phases"] == plain["phases"]
+    ious = {p["label"]: p["iou"] for p in doc["phases"]}
+    assert ious == {0: 1 / 3, 1: 2 / 3, 2: 1 / 2}
+    assert plain["mean_iou"] == pytest.approx((1 / 3 + 2 / 3 + 1 / 2) / 3, rel=1e-15)
+    assert doc["mean_iou"] == pytest.approx((2 / 3 + 1 / 2) / 2, rel=1e-15)
+    assert doc["ignore"] == [0] and "ignore" not in plain
+    assert score_volumes(pred, truth, ignore=[0, 1, 2])["mean_iou"] is None
+    assert score_volumes(pred, truth, ignore=[9])["mean_iou"] == plain["mean_iou"]  # absent label: no effect
+
+
+def test_per_slice_mean_iou_leaves_ignored_labels_out():
+    rng = np.random.default_rng(13)
+    truth = random_labels(rng, (5, 6, 7), [1, 1, 1])
+    pred = np.where(rng.random(truth.shape) < 0.3, 0, truth).astype(np.uint8)
+    doc = score_volumes(pred, truth, ignore=[0], per_slice="z", block_shape=(2, 4, 4))
+    check_per_slice(doc, pred, truth, np.ones(truth.shape, bool), 0)
+
+
+def test_strict_phases_refuse_an_unnamed_label():
+    truth = np.zeros((6, 6, 6), np.uint8)
+    truth[4, 5, 1] = 3
+    pred = np.zeros_like(truth)
+    with pytest.raises(InputError) as info:
+        score_volumes(pred, truth, phases={0: "pore", 1: "grain"}, strict_phases=True, truth_name="labels.zarr",
+                      block_shape=(3, 3, 3))
+    message = str(info.value)
+    assert message.startswith("labels.zarr has label 3 (in region 3:6,3:6,0:3) but the phase names give only labels 0, 1")
+    assert "--phases ...,3=NAME" in message
+    # Not strict (names from a store, say): the label is reported under a made-up name.
+    doc = score_volumes(pred, truth, phases={0: "pore", 1: "grain"})
+    assert [p["name"] for p in doc["phases"]] == ["pore", "grain", "phase3"]
+    # A label outside the mask counts for nothing, strict names included.
+    inside = np.ones(truth.shape, bool)
+    inside[4, 5, 1] = False
+    doc = score_volumes(pred, truth, phases={0: "pore", 1: "grain"}, strict_phases=True, mask=inside)
+    assert [p["label"] for p in doc["phases"]] == [0, 1]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"mask": np.ones((4, 4, 3), bool)}, r"mask.zarr has shape \(4, 4, 3\) but pred.zarr has \(4, 4, 4\): the mask"),
+        ({"mask": np.ones((4, 4, 4), "U1")}, "mask.zarr has dtype <U1: a mask holds numbers"),
+        ({"mask": [[0]]}, "mask.zarr is a list, not an array"),
+        ({"per_slice": "w"}, "per-slice axis 'w' is not one of z, y, x"),
+        ({"per_slice": 3}, "per-slice axis 3"),
+        ({"ignore": [256]}, "ignored label 256 is not an integer 0-255"),
+        ({"ignore": ["0"]}, "ignored label '0'"),
+    ],
+)
+def test_bad_new_options_fail_before_reading(kwargs, match):
+    pred = RecordingVolume(np.zeros((4, 4, 4), np.uint8), (2, 2, 2))
+    with pytest.raises(InputError, match=match):
+        score_volumes(pred, pred_name="pred.zarr", mask_name="mask.zarr", **kwargs)
+    assert pred.reads == []
+
+
+def test_per_slice_of_a_2d_image_and_an_empty_mask():
+    with pytest.raises(InputError, match=r"per-slice scores need a 3D .* has shape \(5, 6\)"):
+        score_volumes(np.zeros((5, 6), np.uint8), per_slice="z", pred_name="pred.zarr")
+    with pytest.raises(InputError, match="mask.zarr leaves out every voxel"):
+        score_volumes(np.zeros((3, 3, 3), np.uint8), mask=np.zeros((3, 3, 3), np.uint8), mask_name="mask.zarr")
+
+
+@pytest.mark.parametrize("high", [15, 16, 17, 255])
+def test_labels_spread_over_0_to_255(high):
+    # Phases 0..2 and one high label ("unlabelled" is often 255): the block counts index labels densely above 16.
+    rng = np.random.default_rng(high)
+    shape = (7, 9, 8)
+    truth = random_labels(rng, shape, [3, 2, 2, 1])
+    truth[truth == 3] = high
+    pred = np.where(rng.random(shape) < 0.3, random_labels(rng, shape, [1, 1, 1, 1]), truth).astype(np.uint8)
+    pred[pred == 3] = high
+    inside = cylinder(shape)
+    for block_shape in [(3, 4, 5), (7, 9, 8)]:
+        doc = score_volumes(pred, truth, per_slice="y", block_shape=block_shape, ignore=[high])
+        assert [p["label"] for p in doc["phases"]] == [0, 1, 2, high]
+        check_against_references(doc, pred, truth, 3)
+        check_per_slice(doc, pred, truth, np.ones(shape, bool), 1)
+        doc = score_volumes(pred, truth, mask=inside, per_slice="z", block_shape=block_shape)
+        masked_reference(doc, pred, truth, inside, 3)
+        check_per_slice(doc, pred, truth, inside, 0)
+
+
+def test_every_label_with_a_mask():
+    # 256 labels: the confusion codes and the outside-the-mask bin need more than 16 bits.
+    rng = np.random.default_rng(256)
+    shape = (8, 9, 10)
+    truth = rng.integers(0, 256, shape, dtype=np.uint8)
+    pred = np.where(rng.random(shape) < 0.5, truth, rng.integers(0, 256, shape, dtype=np.uint8)).astype(np.uint8)
+    truth.flat[:256] = np.arange(256)
+    inside = cylinder(shape)
+    doc = score_volumes(pred, truth, mask=inside, block_shape=(4, 5, 6), per_slice="x")
+    labels = [p["label"] for p in doc["phases"]]
+    full = np.bincount(truth[inside].astype(np.int64) * 256 + pred[inside], minlength=256 * 256).reshape(256, 256)
+    assert doc["confusion"] == full[np.ix_(labels, labels)].tolist()
+    assert doc["per_slice"]["voxels"] == [int(np.count_nonzero(inside[:, :, s])) for s in range(shape[2])]
+    for phase in doc["phases"][::37]:
+        label = phase["label"]
+        assert phase["euler_true"] == skimage_euler((truth == label) & inside, 3)
+
+
+def test_berea_400_in_a_cylindrical_field_of_view_per_slice():
+    path = DATA / "berea-400" / "berea_pore.tif"
+    if not path.exists():
+        pytest.skip(f"real data {path} is absent")
+    import tifffile
+
+    truth = tifffile.imread(path)
+    crop = (slice(180, 196), slice(0, 400), slice(0, 400))  # (Zarr stores and crops are tested above)
+    pred = truth.copy()
+    pred[crop] ^= (np.random.default_rng(1).random((16, 400, 400), np.float32) < 0.01).astype(np.uint8)
+    inside = cylinder(truth.shape)
+    doc = score_volumes(pred, truth, mask=inside, crop=crop, per_slice="z", block_shape=(7, 128, 100))
+    masked_reference(doc, pred[crop], truth[crop], inside[crop], 3)
+    check_per_slice(doc, pred[crop], truth[crop], inside[crop], 0)
+    assert doc["per_slice"]["index"] == list(range(180, 196))

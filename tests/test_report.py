@@ -1,0 +1,285 @@
+"""Score output for pipelines and people: CSV, the report folder, and ``rockseg score`` through the CLI.
+
+The numbers themselves are checked against NumPy and scikit-image in test_metrics.py; here we check that they
+reach the CSV, the JSON and the HTML page unchanged, that the pictures are written (and only whole folders
+appear), and that bad input ends with exit code 2 and one clear line.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from typer.testing import CliRunner
+
+from rockseg import report
+from rockseg.cli import app
+from rockseg.errors import InputError, OutputExistsError
+from rockseg.metrics import euler_number, score_volumes
+from rockseg.report import parse_report_slice, score_csv, write_report
+
+runner = CliRunner()
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def two_phase_pair(shape=(12, 14, 16), seed=0):
+    """A truth with a few blobs of phases 1 and 2 in phase 0, and a prediction that is off by a little."""
+    rng = np.random.default_rng(seed)
+    z, y, x = np.indices(shape)
+    truth = np.zeros(shape, np.uint8)
+    truth[(z - 5) ** 2 + (y - 6) ** 2 + (x - 5) ** 2 < 16] = 1
+    truth[(z - 7) ** 2 + (y - 8) ** 2 + (x - 12) ** 2 < 9] = 2
+    pred = truth.copy()
+    pred[:, :, 3:5] = np.where(rng.random((shape[0], shape[1], 2)) < 0.5, 1, pred[:, :, 3:5])
+    pred[rng.random(shape) < 0.02] = 2
+    return pred, truth
+
+
+def write_zarr(path: Path, data: np.ndarray, chunks=(5, 6, 7), **attrs) -> Path:
+    array = zarr.create_array(store=str(path), shape=data.shape, chunks=chunks, dtype=data.dtype)
+    array[...] = data
+    array.attrs.update(attrs)
+    return path
+
+
+def parse_csv(text: str) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CSV
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_csv_of_a_hand_made_document():
+    doc = {
+        "phases": [
+            {"label": 0, "name": "pore", "iou": 0.5, "dice": 2 / 3, "precision": None, "recall": 1.0,
+             "fraction_pred": 0.25, "fraction_true": 0.5, "euler_pred": -3, "euler_true": 2},
+            {"label": 7, "name": "clay, wet", "iou": None, "dice": None, "precision": None, "recall": None,
+             "fraction_pred": 0.0, "fraction_true": 0.0, "euler_pred": 0, "euler_true": 0},
+        ],
+        "mean_iou": 0.5, "accuracy": 0.75, "confusion": [[1, 1], [0, 0]], "connectivity": 3, "voxels": 4,
+        "ignore": [7],
+    }
+    assert score_csv(doc) == (
+        "label,name,iou,dice,precision,recall,fraction_pred,fraction_true,euler_pred,euler_true,ignored\n"
+        "0,pore,0.5,0.6666666666666666,,1.0,0.25,0.5,-3,2,0\n"
+        '7,"clay, wet",,,,,0.0,0.0,0,0,1\n'
+    )
+
+
+def test_csv_round_trips_every_number_of_a_score():
+    pred, truth = two_phase_pair()
+    doc = score_volumes(pred, truth, per_slice="y", phases={0: "pore", 1: "grain", 2: "clay"})
+    rows = parse_csv(score_csv(doc))
+    assert [r["name"] for r in rows] == ["pore", "grain", "clay"]
+    per = {p["label"]: p for p in doc["per_slice"]["phases"]}
+    for row, phase in zip(rows, doc["phases"]):
+        for key, value in phase.items():
+            assert row[key] == ("" if value is None else str(value)), key
+            if isinstance(value, float):
+                assert float(row[key]) == value  # full precision
+        assert float(row["slice_iou_mean"]) == per[phase["label"]]["iou_mean"]
+        assert int(row["slice_euler_true_min"]) == per[phase["label"]]["euler_true_min"]
+    assert "ignored" not in rows[0]
+    alone = parse_csv(score_csv(score_volumes(pred)))
+    assert list(alone[0]) == ["label", "name", "fraction_pred", "euler_pred"]
+    assert [int(r["euler_pred"]) for r in alone] == [euler_number(pred == label) for label in (0, 1, 2)]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The report folder
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_parse_report_slice():
+    shape = (100, 50, 40)
+    assert parse_report_slice(None, shape) == (0, 50)
+    assert parse_report_slice("Y", shape) == (1, 25)
+    assert parse_report_slice("x=39", shape) == (2, 39)
+    crop = (slice(10, 20), slice(0, 50), slice(0, 40))
+    assert parse_report_slice(None, shape, crop) == (0, 15)
+    assert parse_report_slice(None, (30, 40)) is None  # a 2D image is drawn whole
+    for text, match in [("w", "one of z, y, x"), ("z=a", "'a' is not a slice index"),
+                        ("z=100", "slice 100 is outside the scored z range 0..99")]:
+        with pytest.raises(InputError, match=match):
+            parse_report_slice(text, shape)
+    with pytest.raises(InputError, match="slice 5 is outside the scored z range 10..19"):
+        parse_report_slice("z=5", shape, crop)
+    with pytest.raises(InputError, match="2D image"):
+        parse_report_slice("z", (30, 40))
+
+
+def check_pngs(folder: Path, names: list[str]) -> None:
+    for name in names:
+        data = (folder / name).read_bytes()
+        assert data.startswith(PNG_SIGNATURE), name
+        assert len(data) > 2000, name  # a picture, not an empty canvas
+
+
+def test_report_with_truth_mask_and_per_slice(tmp_path):
+    pred, truth = two_phase_pair()
+    mask = np.ones(pred.shape, bool)
+    mask[:, :2] = False
+    names = {0: "pore", 1: "grain", 2: "clay"}
+    doc = score_volumes(pred, truth, mask=mask, phases=names, ignore=[0], per_slice="z")
+    out = tmp_path / "report"
+    result = write_report(out, doc=doc, pred=pred, truth=truth, mask=mask, pred_name="pred.zarr",
+                          truth_name="labels.zarr", mask_name="fov.zarr")
+    pictures = ["euler.png", "fractions.png", "iou.png", "per_slice.png", "slice.png"]
+    assert result["files"] == sorted(pictures + ["index.html", "score.csv", "score.json"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]  # no temporary folder left behind
+    check_pngs(out, pictures)
+    assert json.loads((out / "score.json").read_text()) == doc
+    assert (out / "score.csv").read_text() == score_csv(doc)
+    page = (out / "index.html").read_text()
+    for name in pictures + ["score.json", "score.csv"]:
+        assert f'"{name}"' in page, name
+    for text in ["pred.zarr", "labels.zarr", "fov.zarr", f"voxels scored: {doc['voxels']}",
+                 f"voxels outside the mask: {doc['voxels_outside_mask']}", f"{doc['mean_iou']:.4f}", "(without 0)",
+                 f"{doc['accuracy']:.4f}", "0 pore (ignored)", "Per slice across z"]:
+        assert text in page, text
+    for phase in doc["phases"]:
+        row = "".join(f"<td>{phase[k]:.4f}</td>" for k in ("iou", "dice", "precision", "recall"))
+        assert row + f"<td>{phase['fraction_pred']:.4f}</td>" in page
+        assert f"<td>{phase['euler_pred']}</td><td>{phase['euler_true']}</td></tr>" in page
+    for row in doc["confusion"]:
+        assert "".join(f"<td>{v}</td>" for v in row) + "</tr>" in page
+
+
+def test_report_without_truth_of_a_zarr_crop(tmp_path):
+    pred, _ = two_phase_pair()
+    store = zarr.open_array(str(write_zarr(tmp_path / "pred.zarr", pred)), mode="r")
+    crop = (slice(2, 10), slice(0, 14), slice(3, 16))
+    doc = score_volumes(store, crop=crop)
+    out = tmp_path / "report"
+    write_report(out, doc=doc, pred=store, crop=crop, view=(2, 8))
+    pictures = ["euler.png", "fractions.png", "slice.png"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(pictures + ["index.html", "score.csv", "score.json"])
+    check_pngs(out, pictures)
+    page = (out / "index.html").read_text()
+    assert "region: 2:10,0:14,3:16" in page and "slice x = 8" in page and "mean IoU" not in page
+    for phase in doc["phases"]:
+        assert f"<td>{phase['fraction_pred']:.4f}</td><td>{phase['euler_pred']}</td></tr>" in page
+    with pytest.raises(OutputExistsError, match="exists already"):
+        write_report(out, doc=doc, pred=store)
+    write_report(out, doc=doc, pred=store, overwrite=True)
+
+
+def test_large_slices_are_read_with_a_stride(monkeypatch):
+    monkeypatch.setattr(report, "MAX_PIXELS", 10)
+    where, plane = report._plane((slice(0, 5), slice(3, 33), slice(0, 12)), (0, 4))
+    assert plane == (4, slice(3, 33, 3), slice(0, 12, 3))
+    assert where == "slice z = 4 (1 voxel in 3 along each axis)"
+    where, plane = report._plane((slice(0, 8), slice(0, 9)), None)
+    assert plane == (slice(0, 8, 1), slice(0, 9, 1)) and where == "the image"
+
+
+def test_a_failed_report_leaves_nothing(tmp_path, monkeypatch):
+    pred, truth = two_phase_pair()
+    doc = score_volumes(pred, truth)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(report, "_draw_euler", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        write_report(tmp_path / "report", doc=doc, pred=pred, truth=truth)
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# rockseg score through the CLI
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def stores(tmp_path):
+    pred, truth = two_phase_pair()
+    inside = np.ones(pred.shape, np.uint8)
+    inside[:, :, :3] = 0
+    return {
+        "pred": pred, "truth": truth, "inside": inside.astype(bool), "dir": tmp_path,
+        "p": str(write_zarr(tmp_path / "pred.zarr", pred)),
+        "t": str(write_zarr(tmp_path / "labels.zarr", truth, chunks=(4, 4, 4))),
+        "m": str(write_zarr(tmp_path / "fov.zarr", inside)),
+    }
+
+
+def test_cli_json_has_the_new_keys_and_equals_the_library(stores):
+    args = ["score", stores["p"], stores["t"], "--json", "--mask", stores["m"], "--ignore", "0", "--ignore", "2",
+            "--per-slice", "x", "--phases", "0=pore,1=grain,2=clay", "--workers", "2"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    expected = score_volumes(stores["pred"], stores["truth"], mask=stores["inside"], ignore=[0, 2], per_slice="x",
+                             phases={0: "pore", 1: "grain", 2: "clay"})
+    assert doc == expected
+    assert doc["ignore"] == [0, 2] and doc["mean_iou"] == doc["phases"][1]["iou"]
+    assert doc["voxels"] == int(stores["inside"].sum())
+    assert doc["per_slice"]["index"] == list(range(16)) and doc["per_slice"]["axis"] == "x"
+
+
+def test_cli_csv(stores):
+    result = runner.invoke(app, ["score", stores["p"], stores["t"], "--csv", "--connectivity", "1"])
+    assert result.exit_code == 0, result.output
+    expected = score_volumes(stores["pred"], stores["truth"], connectivity=1)
+    assert result.stdout == score_csv(expected)
+    rows = parse_csv(result.stdout)
+    assert [int(r["euler_true"]) for r in rows] == [euler_number(stores["truth"] == k, connectivity=1) for k in range(3)]
+
+
+def test_cli_table_and_report(stores):
+    out = stores["dir"] / "report"
+    result = runner.invoke(app, ["score", stores["p"], stores["t"], "--report", str(out), "--report-slice", "y=3",
+                                 "--per-slice", "z", "--ignore", "1"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads((out / "score.json").read_text())
+    assert f"mean IoU {doc['mean_iou']:.4f} (* left out)" in result.stdout
+    assert "per slice across z: 12 slices, 8-neighbourhood; mean [min, max]" in result.stdout
+    assert f"wrote {out / 'index.html'}" in result.stdout
+    assert "slice y = 3" in (out / "index.html").read_text()
+    # A second run refuses to replace the report, before scoring; --overwrite replaces it.
+    again = runner.invoke(app, ["score", stores["p"], "--report", str(out)])
+    assert again.exit_code == 2 and "exists already" in again.stderr
+    again = runner.invoke(app, ["score", stores["p"], "--report", str(out), "--overwrite"])
+    assert again.exit_code == 0, again.output
+    assert not (out / "iou.png").exists()  # the new report is of the prediction alone
+
+
+def bad_input_cases(s: dict) -> list[tuple[list[str], str]]:
+    d = s["dir"]
+    write_zarr(d / "short.zarr", s["truth"][:, :, :-1])
+    write_zarr(d / "float.zarr", s["truth"].astype(np.float32))
+    write_zarr(d / "wide.zarr", np.ones(s["truth"].shape[:2] + (17,), np.uint8))
+    p, t = s["p"], s["t"]
+    return [
+        ([p, str(d / "short.zarr")], "short.zarr has shape (12, 14, 15) but " + p),
+        ([p, str(d / "float.zarr")], "float.zarr has dtype float32 but labels must be integers"),
+        ([p, t, "--phases", "0=pore,2=clay"], f"{p} has label 1 (in region"),
+        ([p, t, "--phases", "0=pore,2=clay"], "--phases ...,1=NAME"),
+        ([p, t, "--mask", str(d / "wide.zarr")], "wide.zarr has shape (12, 14, 17) but " + p),
+        ([p, "--mask", str(d / "nothing.zarr")], "mask " + str(d / "nothing.zarr") + " does not exist"),
+        ([p, "--json", "--csv"], "--json and --csv both print on stdout"),
+        ([p, "--per-slice", "w"], "per-slice axis 'w' is not one of z, y, x"),
+        ([p, "--ignore", "300"], "ignored label 300 is not an integer 0-255"),
+        ([p, "--report", str(d / "r"), "--report-slice", "z=12"], "slice 12 is outside the scored z range 0..11"),
+        ([p, "--report", str(d / "no" / "r")], "the folder of output"),
+    ]
+
+
+def test_cli_bad_input_exit_2_with_one_line(stores):
+    for args, expected in bad_input_cases(stores):
+        result = runner.invoke(app, ["score", *args])
+        assert result.exit_code == 2, (args, result.output)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("rockseg score: error: "), (args, result.stderr)
+        assert expected in lines[0], (args, lines[0])
+        assert result.stdout == ""
+    assert not (stores["dir"] / "r").exists()
