@@ -88,6 +88,12 @@ class Normalization(str, Enum):
     model = "model"
 
 
+class Axis(str, Enum):
+    z = "z"
+    y = "y"
+    x = "x"
+
+
 class Connectivity(str, Enum):
     six = "1"
     twenty_six = "3"
@@ -111,24 +117,29 @@ def _main(
 @app.command()
 @_command
 def convert(
-    src: Annotated[Path, typer.Argument(help="netCDF .nc, TIFF (file, folder or glob of slices), .raw/.bin, .npy or .zarr")],
+    src: Annotated[Path, typer.Argument(help="netCDF .nc, TIFF (file, folder or glob of slices), .png, .raw/.bin/.vol, .mhd, .nhdr, .npy or .zarr")],
     dest: Annotated[Path, typer.Argument(help="Output .zarr store, or an export: .tif, .nc, .raw (+ .mhd), .npy")],
-    shape: Annotated[Optional[str], typer.Option(help="Z,Y,X shape of a raw file")] = None,
+    shape: Annotated[Optional[str], typer.Option(help="Z,Y,X shape of a raw file (default: from a .mhd/.nhdr header beside it)")] = None,
     dtype: Annotated[Optional[str], typer.Option(help="dtype of a raw file: uint8, uint16, int16, float32...")] = None,
     byte_order: Annotated[ByteOrder, typer.Option(help="byte order of a raw file")] = ByteOrder.little,
     header_bytes: Annotated[int, typer.Option(min=0, help="bytes to skip at the start of a raw file")] = 0,
     variable: Annotated[Optional[str], typer.Option(help="netCDF variable to read (default: the one 3D variable)")] = None,
+    colormap: Annotated[Optional[str], typer.Option(help="colour-coded labels: COLOUR=LABEL[:NAME];..., e.g. '0,0,255=0:pore;0,255,0=1:clay' (grey masks: '33=0;201=1')")] = None,
+    phases: Annotated[Optional[str], typer.Option(help="phase names stored with the labels, e.g. 0=pore,1=clay")] = None,
+    crop: Annotated[Optional[str], typer.Option(help="take only the region Z0:Z1,Y0:Y1,X0:X1")] = None,
+    slices: Annotated[Optional[str], typer.Option(help="take only the planes START:STOP[:STEP] along Z, e.g. 100:200 or 0:400:50")] = None,
     chunks: Annotated[Optional[str], typer.Option(help="output chunk shape, e.g. 64,64,64")] = None,
+    shards: Annotated[Optional[str], typer.Option(help="store chunks in shard files of this shape, a multiple of the chunks, e.g. 64,1024,1024 (fewer files)")] = None,
     compressor: Annotated[Compressor, typer.Option(help="output compressor")] = Compressor.blosc_zstd,
     voxel_size: Annotated[Optional[float], typer.Option(help="voxel size in micrometres (else read from SRC)")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing DEST")] = False,
 ) -> None:
     """Convert a tomogram to a chunked Zarr store (or export a store), streaming with bounded memory."""
-    from rockseg.formats import convert as run, parse_shape
+    from rockseg.formats import convert as run
 
     summary = run(
-        src, dest, shape=parse_shape(shape) if shape else None, dtype=dtype, byte_order=byte_order.value,
-        header_bytes=header_bytes, variable=variable, chunks=parse_shape(chunks, name="--chunks") if chunks else None,
+        src, dest, shape=shape, dtype=dtype, byte_order=byte_order.value, header_bytes=header_bytes,
+        variable=variable, colormap=colormap, phases=phases, crop=crop, slices=slices, chunks=chunks, shards=shards,
         compressor=compressor.value, voxel_size=voxel_size, overwrite=overwrite, progress=interactive(),
     )
     out_console.print(
@@ -218,6 +229,12 @@ def predict(
     precision: Annotated[Precision, typer.Option(help="auto: bf16 on CUDA, float32 on CPU")] = Precision.auto,
     normalize: Annotated[Normalization, typer.Option(help="intensity statistics of the volume or of the training image")] = Normalization.volume,
     workers: Annotated[int, typer.Option(min=1, help="blocks in flight at once")] = 2,
+    tta: Annotated[bool, typer.Option(help="test-time augmentation: average over all flips of each tile")] = False,
+    crop: Annotated[Optional[str], typer.Option(help="segment only Z0:Z1,Y0:Y1,X0:X1")] = None,
+    mask: Annotated[Optional[Path], typer.Option(help="Zarr mask of the volume's shape: nothing is computed where it is 0 (label 255 there)")] = None,
+    axis: Annotated[Axis, typer.Option(help="axis a 2D model runs along on a 3D volume")] = Axis.z,
+    scheduler: Annotated[Optional[str], typer.Option(help="address of a Dask distributed scheduler, e.g. tcp://host:8786")] = None,
+    devices: Annotated[Optional[str], typer.Option(help="several devices of this node, one worker each, e.g. cuda:0,cuda:1")] = None,
     overwrite: Annotated[bool, typer.Option(help="discard an existing prediction and start again")] = False,
 ) -> None:
     """Segment a volume block by block (out-of-core, resumable, shardable)."""
@@ -226,13 +243,16 @@ def predict(
     config = PredictConfig(
         tile=tile, halo=halo, block=block, batch_size=batch_size, device=device, precision=precision.value,
         normalization=normalize.value, shard=parse_shard(shard), workers=workers,
-        probabilities=str(probabilities) if probabilities else None,
+        probabilities=str(probabilities) if probabilities else None, tta=tta, crop=crop,
+        mask=str(mask) if mask else None, axis=axis.value, scheduler=scheduler,
+        devices=tuple(d.strip() for d in devices.split(",")) if devices else None,
     )
     s = run(volume, out, model=model, config=config, overwrite=overwrite, progress=interactive(), log=_log)
     state = "complete" if s["complete"] else f"{s['blocks_missing']} blocks still missing (other shards)"
     out_console.print(
         f"wrote {s['out']}: {s['voxels']} voxels in {s['seconds']:.1f} s ({s['voxels_per_second'] / 1e6:.2f} Mvoxel/s), "
         f"{s['blocks_done']} blocks done, {s['blocks_skipped']} already done; {state}"
+        + (f" [{s['precision']}]" if s["precision"] else "")
     )
 
 
@@ -242,12 +262,13 @@ def predict(
 def stitch(
     preds: Annotated[list[Path], typer.Argument(help="prediction stores written by 'rockseg predict'")],
     out: Annotated[Path, typer.Option("-o", "--out", help="final labels: .zarr, or an export .tif/.nc/.raw/.npy")],
+    preview: Annotated[Optional[Path], typer.Option(help="also write a downsampled preview pyramid (Zarr group) for viewers")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing output")] = False,
 ) -> None:
     """Check every block is done, fuse several predictions, and write the final labels."""
     from rockseg.stitching import stitch as run
 
-    s = run(preds, out, overwrite=overwrite, progress=interactive(), log=_log)
+    s = run(preds, out, overwrite=overwrite, preview=preview, progress=interactive(), log=_log)
     out_console.print(f"wrote {s['out']} ({s['method']} of {len(s['predictions'])} prediction(s)) in {s['seconds']:.1f} s")
 
 
@@ -258,31 +279,62 @@ def score(
     pred: Annotated[Path, typer.Argument(help="label store to score")],
     truth: Annotated[Optional[Path], typer.Argument(help="true labels of the same shape (optional)")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print one JSON document on stdout")] = False,
+    csv_out: Annotated[bool, typer.Option("--csv", help="print CSV on stdout: a header, one row per phase")] = False,
     connectivity: Annotated[Connectivity, typer.Option(help="Euler number: 3 = 26-neighbourhood, 1 = 6-neighbourhood")] = Connectivity.twenty_six,
     crop: Annotated[Optional[str], typer.Option(help="score only Z0:Z1,Y0:Y1,X0:X1")] = None,
-    phases: Annotated[Optional[str], typer.Option(help="phase names, e.g. 0=pore,1=grain")] = None,
+    phases: Annotated[Optional[str], typer.Option(help="phase names, e.g. 0=pore,1=grain; then any other label is an error")] = None,
+    ignore: Annotated[Optional[list[int]], typer.Option(help="leave this label out of the mean IoU (repeatable)")] = None,
+    mask: Annotated[Optional[Path], typer.Option(help="store of the same shape: voxels where it is 0 count for nothing")] = None,
+    per_slice: Annotated[Optional[str], typer.Option(help="z, y or x: also IoU and 2D Euler numbers per slice across it")] = None,
+    report: Annotated[Optional[Path], typer.Option(help="write pictures and index.html into this new folder")] = None,
+    report_slice: Annotated[Optional[str], typer.Option(help="slice drawn in the report: z, y=120... (default: middle z)")] = None,
+    workers: Annotated[Optional[int], typer.Option(min=1, help="threads (default: one per core)")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing --report folder")] = False,
 ) -> None:
     """Per-phase IoU, Dice, precision, recall, fractions and Euler numbers, chunk by chunk."""
+    from rockseg.errors import InputError
     from rockseg.metrics import score_volumes
+    from rockseg.report import check_report_dir, parse_report_slice, score_csv, write_report
     from rockseg.stores import open_volume, parse_crop, parse_phases, phases_of
 
+    if json_out and csv_out:
+        raise InputError("--json and --csv both print on stdout: give one of them")
     p = open_volume(pred, name="prediction")
     t = open_volume(truth, name="truth") if truth is not None else None
-    names = parse_phases(phases) or phases_of(p) or (phases_of(t) if t is not None else {})
+    m = open_volume(mask, name="mask") if mask is not None else None
+    named = parse_phases(phases)
+    names = named or phases_of(p) or (phases_of(t) if t is not None else {})
+    region = parse_crop(crop, p.shape) if crop else None
+    if report is not None:  # checked now, not after an hour of scoring
+        view = parse_report_slice(report_slice, p.shape, region)
+        check_report_dir(report, overwrite=overwrite)
     result = score_volumes(
-        p, t, connectivity=int(connectivity.value), phases=names, crop=parse_crop(crop, p.shape) if crop else None,
-        pred_name=str(pred), truth_name=str(truth),
+        p, t, connectivity=int(connectivity.value), phases=names, strict_phases=bool(named), ignore=ignore or (),
+        mask=m, per_slice=per_slice, crop=region, num_workers=workers, pred_name=str(pred), truth_name=str(truth),
+        mask_name=str(mask),
     )
+    if report is not None:
+        write_report(report, doc=result, pred=p, truth=t, mask=m, crop=region, view=view, pred_name=str(pred),
+                     truth_name=str(truth), mask_name=str(mask), overwrite=overwrite)
     if json_out:
         print(json.dumps(result))
+    elif csv_out:
+        sys.stdout.write(score_csv(result))
     else:
         out_console.print(score_table(result))
+        if report is not None:
+            out_console.print(f"wrote {report / 'index.html'}")
 
 
-def score_table(result: dict[str, Any]) -> Table:
-    """A rich table of a score document (fits an 80-column terminal)."""
+def score_table(result: dict[str, Any]) -> Any:
+    """A rich table of a score document (fits an 80-column terminal); with per-slice scores, a group of two."""
+    from rich.console import Group
+    from rich.markup import escape
+
     with_truth = "iou" in (result["phases"][0] if result["phases"] else {})
-    table = Table(title=f"rockseg score: {result['voxels']} voxels, Euler connectivity {result['connectivity']}")
+    ignored = set(result.get("ignore", []))
+    where = " in the mask" if "voxels_outside_mask" in result else ""
+    table = Table(title=f"rockseg score: {result['voxels']} voxels{where}, Euler connectivity {result['connectivity']}")
     cols = {"iou": "IoU", "dice": "Dice", "precision": "prec.", "recall": "recall", "fraction_pred": "frac.",
             "fraction_true": "frac. true", "euler_pred": "Euler", "euler_true": "Euler true"}
     if not with_truth:
@@ -291,14 +343,33 @@ def score_table(result: dict[str, Any]) -> Table:
     for title in cols.values():
         table.add_column(title, justify="right")
     for ph in result["phases"]:
-        cells = [f"{ph['label']} {ph['name']}"]
+        cells = [escape(f"{ph['label']} {ph['name']}") + ("*" if ph["label"] in ignored else "")]
         for key in cols:
             v = ph.get(key)
             cells.append("-" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v)))
         table.add_row(*cells)
     if with_truth:
-        table.caption = f"mean IoU {result['mean_iou']:.4f}, accuracy {result['accuracy']:.4f}"
-    return table
+        mean = "-" if result["mean_iou"] is None else f"{result['mean_iou']:.4f}"
+        table.caption = f"mean IoU {mean}" + (" (* left out)" if ignored else "") + f", accuracy {result['accuracy']:.4f}"
+    if "per_slice" not in result:
+        return table
+    per = result["per_slice"]
+
+    def span(ph: dict[str, Any], key: str, fmt: str, mean_fmt: str) -> str:
+        if ph.get(f"{key}_mean") is None:
+            return "-"
+        return escape(f"{ph[key + '_mean']:{mean_fmt}} [{ph[key + '_min']:{fmt}}, {ph[key + '_max']:{fmt}}]")
+
+    slices = Table(title=escape(f"per slice across {per['axis']}: {len(per['index'])} slices, "
+                                f"{per['neighbourhood']}-neighbourhood; mean [min, max]"))
+    keys = [("iou", "IoU", ".3f", ".3f"), ("euler_pred", "Euler", "d", ".1f"), ("euler_true", "Euler true", "d", ".1f")]
+    keys = [k for k in keys if with_truth or k[0] == "euler_pred"]
+    slices.add_column("phase", no_wrap=True)
+    for _, title, _, _ in keys:
+        slices.add_column(title, justify="right")
+    for ph in per["phases"]:
+        slices.add_row(escape(f"{ph['label']} {ph['name']}"), *(span(ph, key, f, m) for key, _, f, m in keys))
+    return Group(table, slices)
 
 
 # ------------------------------------------------------------------------------------------------------ demo

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -13,7 +14,16 @@ import zarr
 
 from rockseg import formats
 from rockseg.errors import InputError, MissingInputError, OutputExistsError, RocksegError
-from rockseg.formats import convert, export, open_source, parse_dtype, parse_shape, write_zarr
+from rockseg.formats import (
+    convert,
+    export,
+    open_source,
+    parse_colormap,
+    parse_dtype,
+    parse_shape,
+    parse_slices,
+    write_zarr,
+)
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 VERSA = DATA / "sandstone-versa"
@@ -592,3 +602,584 @@ def test_failure_midway_leaves_nothing(tmp_path, dest):
     with pytest.raises(InputError, match="disk fell off"):
         export(src, tmp_path / dest)
     assert entries(tmp_path) == before
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Colour-coded label images (--colormap)
+
+
+def test_parse_colormap_forms_and_names():
+    with pytest.raises(InputError, match="has 4 values but 0,0,255 has 3"):
+        parse_colormap("0,0,255=0;#ffff00ff=3")
+    cm = parse_colormap("0,0,255=0:pore; 0,255,0=1:clay;#ff0000=2;255,255,0=2")
+    assert cm.colours == ((0, 0, 255), (0, 255, 0), (255, 0, 0), (255, 255, 0))
+    assert cm.labels == (0, 1, 2, 2) and cm.names == {0: "pore", 1: "clay"} and cm.width == 3
+    grey = parse_colormap("33=0;201=1;231=2;65=3")
+    assert grey.width == 1 and grey.colours == ((33,), (201,), (231,), (65,))
+    assert parse_colormap({(0, 0, 255): 0, (255, 0, 0): 7}).labels == (0, 7)
+    assert parse_colormap("1,2,3,4=300;#FFFF00ff=3").colours == ((1, 2, 3, 4), (255, 255, 0, 255))
+
+
+@pytest.mark.parametrize(
+    ("text", "pattern"),
+    [("", "is empty"), ("0,0,255", "not COLOUR=LABEL"), ("0,0,x=1", "not COLOUR=LABEL"), ("1,2=0", "one grey value"),
+     ("0,0,255=0;0,0,255=1", "given twice"), ("0,0,255=70000", "out of range"), ("0,0,255=-1", "out of range"),
+     ("0,0,255=0:pore;0,0,254=0:void", "named both 'pore' and 'void'"), ("1=0;1,2,3=1", "has 3 values")],
+)
+def test_parse_colormap_rejects_junk(text, pattern):
+    with pytest.raises(InputError, match=pattern) as info:
+        parse_colormap(text)
+    assert "--colormap" in str(info.value)
+
+
+def rgb_labels(shape, palette, seed=0):
+    """A random label volume and its colour image (palette: label -> colour tuple)."""
+    labels = np.random.default_rng(seed).integers(0, len(palette), shape).astype(np.uint8)
+    colours = np.array(palette, np.uint8)[labels]
+    return labels, colours
+
+
+PALETTE = [(0, 0, 255), (0, 255, 0), (255, 0, 0), (255, 255, 0)]
+PALETTE_TEXT = "0,0,255=0:pore;0,255,0=1:clay;255,0,0=2:quartz;255,255,0=3:pyrite"
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "zlib", "planar", "lzw-pillow"])
+def test_colour_tiff_stack_to_labels(tmp_path, layout):
+    labels, colours = rgb_labels((5, 12, 14), PALETTE)
+    path = tmp_path / "mask.tif"
+    if layout == "contiguous":
+        tifffile.imwrite(path, colours, photometric="rgb")
+    elif layout == "zlib":
+        tifffile.imwrite(path, colours, photometric="rgb", compression="zlib")
+    elif layout == "planar":
+        tifffile.imwrite(path, np.moveaxis(colours, -1, 1), photometric="rgb", planarconfig="separate")
+    else:  # LZW needs imagecodecs in tifffile, which is not installed here: Pillow decodes it
+        from PIL import Image
+
+        frames = [Image.fromarray(c) for c in colours]
+        frames[0].save(path, compression="tiff_lzw", save_all=True, append_images=frames[1:])
+    with open_source(path, colormap=PALETTE_TEXT) as src:
+        assert src.shape == (5, 12, 14) and src.dtype == np.uint8
+        np.testing.assert_array_equal(src.read(1, 4), labels[1:4])
+        np.testing.assert_array_equal(src.read_region((slice(0, 5, 2), slice(3, 9), slice(0, 14))),
+                                      labels[0:5:2, 3:9])
+    summary = convert(path, tmp_path / "l.zarr", colormap=PALETTE_TEXT, chunks=(2, 8, 8))
+    out = read_zarr(tmp_path / "l.zarr")
+    np.testing.assert_array_equal(out[:], labels)
+    assert out.attrs["phases"] == {"0": "pore", "1": "clay", "2": "quartz", "3": "pyrite"}
+    assert out.attrs["rockseg"]["colormap"] == PALETTE_TEXT
+    assert summary["phases"]["3"] == "pyrite"
+
+
+def test_colour_png_slices_palette_rgba_and_big_labels(tmp_path):
+    from PIL import Image
+
+    labels, colours = rgb_labels((4, 9, 11), PALETTE, seed=3)
+    folder = tmp_path / "png"
+    folder.mkdir()
+    for i, c in enumerate(colours):  # RGBA, with a fully opaque alpha the map ignores
+        Image.fromarray(np.dstack([c, np.full(c.shape[:2], 255, np.uint8)])).save(folder / f"m{i + 1}.png")
+    cmap = "0,0,255=0;0,255,0=1;255,0,0=1000;255,255,0=65535"  # labels over 255: uint16
+    convert(folder, tmp_path / "a.zarr", colormap=cmap, phases="0=pore,1000=quartz")
+    out = read_zarr(tmp_path / "a.zarr")
+    expected = np.array([0, 1, 1000, 65535], np.uint16)[labels]
+    assert out.dtype == np.uint16 and out.attrs["phases"] == {"0": "pore", "1000": "quartz"}
+    np.testing.assert_array_equal(out[:], expected)
+    # a palette PNG reads as its colours
+    image = Image.fromarray(labels[0], mode="L").convert("P")
+    image.putpalette([v for c in PALETTE for v in c])
+    image.save(tmp_path / "pal.png")
+    with open_source(tmp_path / "pal.png", colormap=PALETTE_TEXT) as src:
+        assert src.kind == "png"
+        np.testing.assert_array_equal(src.read(0, 1), labels[0])
+
+
+def test_unmapped_colour_names_colour_place_and_fix(tmp_path):
+    labels, colours = rgb_labels((4, 6, 7), PALETTE)
+    colours[2, 3, 5] = (9, 8, 7)
+    colours[3, 0, 0] = (1, 1, 1)
+    folder = tmp_path / "masks"
+    folder.mkdir()
+    for i, c in enumerate(colours):
+        tifffile.imwrite(folder / f"s{i}.tif", c, photometric="rgb")
+    msg = expect_error(tmp_path, InputError, "colour 9,8,7 at \\(z=2, y=3, x=5\\) is not in --colormap", folder,
+                       colormap=PALETTE_TEXT, chunks=(1, 6, 7))
+    assert "s2.tif" in msg and f"--colormap '{PALETTE_TEXT};9,8,7=LABEL'" in msg
+    # the colour missing from the whole slab is listed too
+    msg = expect_error(tmp_path, InputError, "colour 9,8,7 .* \\(nor 1,1,1\\)", folder, colormap=PALETTE_TEXT)
+    # a plane range that skips the bad planes converts
+    convert(folder, tmp_path / "ok.zarr", colormap=PALETTE_TEXT, slices="0:2")
+    np.testing.assert_array_equal(read_zarr(tmp_path / "ok.zarr")[:], labels[:2])
+
+
+def test_colormap_form_must_match_the_image(tmp_path):
+    labels, colours = rgb_labels((3, 4, 5), PALETTE)
+    tifffile.imwrite(tmp_path / "rgb.tif", colours, photometric="rgb")
+    np.save(tmp_path / "grey.npy", labels)
+    np.save(tmp_path / "f.npy", labels.astype(np.float32))
+    expect_error(tmp_path, InputError, "rgb.tif is a colour image \\(3 channels\\).*give colours as R,G,B",
+                 tmp_path / "rgb.tif", colormap="0=0;1=1")
+    expect_error(tmp_path, InputError, "grey.npy is a grey image.*give its grey values", tmp_path / "grey.npy",
+                 colormap=PALETTE_TEXT)
+    expect_error(tmp_path, InputError, "rgb.tif has no alpha channel", tmp_path / "rgb.tif",
+                 colormap="0,0,255,255=0")
+    expect_error(tmp_path, InputError, "f.npy holds float32 values: a colour map", tmp_path / "f.npy",
+                 colormap="0=0")
+    expect_error(tmp_path, InputError, "channel value over 255", tmp_path / "rgb.tif", colormap="0,0,256=0")
+    # grey-coded labels in any grey source are remapped
+    convert(tmp_path / "grey.npy", tmp_path / "g.zarr", colormap="0=10;1=11;2=12;3=13")
+    np.testing.assert_array_equal(read_zarr(tmp_path / "g.zarr")[:], labels + 10)
+
+
+def test_sandstone_colour_masks_equal_the_label_files(tmp_path, versa):
+    masks = versa / "masks_original"
+    if not masks.is_dir():
+        pytest.skip(f"real test data not found in {masks}")
+    # SOURCE.md of sandstone-versa: blue pore, green clay, red quartz, yellow pyrite
+    convert(masks, tmp_path / "labels.zarr", colormap=PALETTE_TEXT, chunks=(3, 512, 512))
+    out = read_zarr(tmp_path / "labels.zarr")
+    tif_masks = sorted(masks.glob("*.tif"), key=lambda p: p.name)  # the folder's 9 RGB TIFF masks
+    expected = np.stack([tifffile.imread(versa / "labels" / p.name) for p in tif_masks])
+    assert out.shape == expected.shape == (9, 1024, 996) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out[:], expected)
+    assert out.attrs["phases"] == {"0": "pore", "1": "clay", "2": "quartz", "3": "pyrite"}
+    # slice 180 is a grey-coded PNG (SOURCE.md: 33 pore, 201 clay, 231 quartz, 65 pyrite)
+    convert(masks / "Sandstone_Versa0180.png", tmp_path / "s180.zarr", colormap="33=0;201=1;231=2;65=3")
+    np.testing.assert_array_equal(read_zarr(tmp_path / "s180.zarr")[:],
+                                  tifffile.imread(versa / "labels" / "Sandstone_Versa0180.tif"))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Regions (--crop, --slices)
+
+
+def test_parse_slices():
+    assert parse_slices("100:200") == slice(100, 200)
+    assert parse_slices("0:400:50") == slice(0, 400, 50)
+    assert parse_slices("::3") == slice(None, None, 3)
+    assert parse_slices("5") == slice(5, 6) and parse_slices("-1") == slice(-1, None)
+    for bad in ("a:b", "1:2:3:4", "1:5:0", "1:5:-1", "1.5:3"):
+        with pytest.raises(InputError, match="--slices"):
+            parse_slices(bad)
+
+
+def region_sources(tmp_path, vol):
+    """The same volume in every source format that reads regions its own way."""
+    paths = {}
+    vol.tofile(tmp_path / "v.raw")
+    paths["raw"] = dict(src=tmp_path / "v.raw", shape=vol.shape, dtype=vol.dtype.name)
+    np.save(tmp_path / "v.npy", vol)
+    paths["npy"] = dict(src=tmp_path / "v.npy")
+    tifffile.imwrite(tmp_path / "c.tif", vol, photometric="minisblack")
+    paths["tiff-contiguous"] = dict(src=tmp_path / "c.tif")
+    tifffile.imwrite(tmp_path / "z.tif", vol, photometric="minisblack", compression="zlib")
+    paths["tiff-pages"] = dict(src=tmp_path / "z.tif")
+    (tmp_path / "slices").mkdir()
+    for i, plane in enumerate(vol):
+        tifffile.imwrite(tmp_path / "slices" / f"s{i}.tif", plane)
+    paths["slices"] = dict(src=tmp_path / "slices")
+    write_netcdf(tmp_path / "v.nc", {"tomo": (vol, ("z", "y", "x"), {})})
+    paths["netcdf"] = dict(src=tmp_path / "v.nc")
+    arr = zarr.create_array(store=str(tmp_path / "v.zarr"), shape=vol.shape, chunks=(3, 4, 5), dtype=vol.dtype)
+    arr[:] = vol
+    paths["zarr"] = dict(src=tmp_path / "v.zarr")
+    return paths
+
+
+def test_regions_of_every_source_equal_numpy_slicing(tmp_path):
+    vol = random_volume((11, 13, 17), "uint16")
+    cases = [("2:9,3:11,4:15", None, np.s_[2:9, 3:11, 4:15]),  # rows and columns cropped
+             ("1:10,:,:", "::4", np.s_[4:10:4]),  # planes in both: 0, 4, 8... of the source inside 1:10
+             (":,5:6,:", "3:11:3", np.s_[3:11:3, 5:6]),  # full rows
+             (None, "-2:", np.s_[-2:]),
+             ("0:1,0:1,16:17", None, np.s_[0:1, 0:1, 16:17])]
+    for kind, options in region_sources(tmp_path, vol).items():
+        for i, (crop, slices, expected) in enumerate(cases):
+            dest = tmp_path / f"{kind}-{i}.zarr"
+            summary = convert(dest=dest, crop=crop, slices=slices, chunks=(2, 3, 4), **options)
+            out = read_zarr(dest)
+            np.testing.assert_array_equal(out[:], vol[expected], err_msg=f"{kind} {crop} {slices}")
+            starts = [s.indices(n)[0] for s, n in zip(np.index_exp[expected] + (slice(None),) * 3, vol.shape)]
+            assert summary["region"]["start"] == starts and out.attrs["source_region"] == summary["region"]
+
+
+def test_region_voxel_size_stats_and_2d(tmp_path):
+    vol = random_volume((20, 6, 7), "uint8")
+    np.save(tmp_path / "v.npy", vol)
+    convert(tmp_path / "v.npy", tmp_path / "s.zarr", slices="2:20:5", voxel_size=(1.0, 2.0, 3.0))
+    out = read_zarr(tmp_path / "s.zarr")
+    assert out.attrs["voxel_size"] == [5.0, 2.0, 3.0]  # planes 5 apart
+    assert out.attrs["source_region"] == {"start": [2, 0, 0], "stop": [18, 6, 7], "step": [5, 1, 1]}
+    assert out.attrs["intensity"]["mean"] == pytest.approx(vol[2:20:5].mean(), rel=1e-12)
+    image = random_volume((30, 40), "float32")
+    np.save(tmp_path / "i.npy", image)
+    convert(tmp_path / "i.npy", tmp_path / "i.tif", crop="5:25,-10:")
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "i.tif"), image[5:25, -10:])
+    # the whole volume as a "region" is the source itself
+    convert(tmp_path / "v.npy", tmp_path / "w.zarr", crop=":,:,:")
+    assert "source_region" not in read_zarr(tmp_path / "w.zarr").attrs
+
+
+def test_region_errors(tmp_path):
+    np.save(tmp_path / "v.npy", np.zeros((10, 6, 7), np.uint8))
+    np.save(tmp_path / "i.npy", np.zeros((6, 7), np.uint8))
+    expect_error(tmp_path, InputError, "--crop '1:2,3:4' has 2 ranges but the volume has 3 axes", tmp_path / "v.npy",
+                 crop="1:2,3:4")
+    expect_error(tmp_path, InputError, "range '5:5' is empty", tmp_path / "v.npy", crop="5:5,:,:")
+    expect_error(tmp_path, InputError, "--slices '20:30' keeps no plane.*Z has 10 planes", tmp_path / "v.npy",
+                 slices="20:30")
+    expect_error(tmp_path, InputError, "--slices '0:4:3' keeps no plane .* inside --crop Z range 4:6",
+                 tmp_path / "v.npy", slices="0:4:3", crop="4:6,:,:")
+    expect_error(tmp_path, InputError, "i.npy is one 2D image", tmp_path / "i.npy", slices="0:1")
+    expect_error(tmp_path, InputError, "--slices 'x'", tmp_path / "v.npy", slices="x")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Raw files with headers, .vol, NRRD
+
+
+def test_raw_described_by_a_header_beside_it(tmp_path):
+    vol = random_volume((5, 6, 7), "int16")
+    export(vol, tmp_path / "scan.raw", voxel_size=(3.0, 2.0, 1.0))  # writes scan.mhd beside
+    summary = convert(tmp_path / "scan.raw", tmp_path / "a.zarr")
+    out = read_zarr(tmp_path / "a.zarr")
+    np.testing.assert_array_equal(out[:], vol)
+    assert out.attrs["voxel_size"] == [3.0, 2.0, 1.0] and summary["format"] == "raw"
+    assert out.attrs["rockseg"]["header"] == str(tmp_path / "scan.mhd")
+    # explicit options win over the header
+    convert(tmp_path / "scan.raw", tmp_path / "b.zarr", shape="5,42,1", dtype="int16")
+    assert read_zarr(tmp_path / "b.zarr").shape == (5, 42, 1)
+    # a header describing another data file is not used
+    (tmp_path / "other.raw").write_bytes(vol.tobytes())
+    (tmp_path / "other.mhd").write_text((tmp_path / "scan.mhd").read_text())
+    expect_error(tmp_path, InputError, "other.raw is a raw file with no header", tmp_path / "other.raw")
+
+
+def test_nrrd_detached_attached_and_beside(tmp_path):
+    vol = random_volume((4, 5, 6), "uint16")
+    (tmp_path / "d.bin").write_bytes(b"#" * 10 + vol.astype(">u2").tobytes())
+    (tmp_path / "d.nhdr").write_text(
+        "NRRD0004\n# made by hand\ntype: unsigned short\ndimension: 3\nsizes: 6 5 4\n"
+        "space directions: (0.002,0,0) (0,0.002,0) (0,0,0.005)\nspace units: \"mm\" \"mm\" \"mm\"\n"
+        "encoding: raw\nendian: big\nbyte skip: 10\ndata file: d.bin\nkey:=value\n"
+    )
+    for src in (tmp_path / "d.nhdr", tmp_path / "d.bin"):
+        with open_source(src) as s:
+            np.testing.assert_array_equal(s.read(0, 4), vol)
+            assert s.voxel_size == pytest.approx((5.0, 2.0, 2.0)) and s.voxel_unit == "um"
+    header = b"NRRD0005\ntype: float\ndimension: 2\nsizes: 6 5\nspacings: 0.5 0.25\nencoding: raw\nendian: little\n\n"
+    image = random_volume((5, 6), "float32")
+    (tmp_path / "a.nrrd").write_bytes(header + image.tobytes())
+    convert(tmp_path / "a.nrrd", tmp_path / "a.zarr")
+    out = read_zarr(tmp_path / "a.zarr")
+    np.testing.assert_array_equal(out[:], image)
+    assert out.attrs["voxel_size"] == [0.25, 0.5] and "voxel_unit" not in out.attrs  # no unit recorded
+    (tmp_path / "t.bin").write_bytes(b"line one\nline two\n" + vol.astype("<u2").tobytes() + b"tail")
+    (tmp_path / "t.nhdr").write_text("NRRD0004\ntype: uint16\ndimension: 3\nsizes: 6 5 4\nencoding: raw\n"
+                                     "endian: little\nline skip: 2\ndata file: t.bin\n")
+    expect_error(tmp_path, InputError, "t.bin has .* bytes but the header t.nhdr .* needs", tmp_path / "t.nhdr")
+    (tmp_path / "t.nhdr").write_text("NRRD0004\ntype: uint16\ndimension: 3\nsizes: 6 5 4\nencoding: raw\n"
+                                     "endian: little\nbyte skip: -1\ndata file: u.bin\n")
+    (tmp_path / "u.bin").write_bytes(b"junk" + vol.astype("<u2").tobytes())
+    with open_source(tmp_path / "t.nhdr") as s:
+        np.testing.assert_array_equal(s.read(0, 4), vol)
+
+
+def test_nrrd_errors(tmp_path):
+    (tmp_path / "g.nhdr").write_text("NRRD0004\ntype: uint8\ndimension: 3\nsizes: 2 2 2\nencoding: gzip\n"
+                                     "data file: g.raw.gz\n")
+    expect_error(tmp_path, InputError, "g.nhdr holds gzip-encoded data.*encoding: raw", tmp_path / "g.nhdr")
+    (tmp_path / "x.nhdr").write_text("NRRD0004\ntype: complex\ndimension: 3\nsizes: 2 2 2\nencoding: raw\n")
+    expect_error(tmp_path, InputError, "x.nhdr is not an NRRD header rockseg can read", tmp_path / "x.nhdr")
+    (tmp_path / "m.nhdr").write_text("NRRD0004\ntype: uint8\ndimension: 3\nsizes: 2 2 2\nencoding: raw\n"
+                                     "data file: missing.raw\n")
+    expect_error(tmp_path, MissingInputError, "names data file missing.raw", tmp_path / "m.nhdr")
+    (tmp_path / "fake.nrrd").write_text("just text\n")
+    expect_error(tmp_path, InputError, "fake.nrrd is not an NRRD file", tmp_path / "fake.nrrd")
+
+
+def test_vol_with_pyhst_info(tmp_path):
+    vol = random_volume((3, 4, 5), "float32")
+    vol.astype(">f4").tofile(tmp_path / "rec.vol")
+    (tmp_path / "rec.vol.info").write_text("! PyHST_SLAVE VOLUME INFO FILE\nNUM_X =  5\nNUM_Y =  4\nNUM_Z =  3\n"
+                                           "voxelSize =  0.65\nBYTEORDER = HIGHBYTEFIRST\nValMin = -1\n")
+    convert(tmp_path / "rec.vol", tmp_path / "rec.zarr")
+    out = read_zarr(tmp_path / "rec.zarr")
+    np.testing.assert_array_equal(out[:], vol)
+    assert out.attrs["voxel_size"] == [0.65] * 3
+    vol.tofile(tmp_path / "plain.vol")  # no header: the options
+    convert(tmp_path / "plain.vol", tmp_path / "p.zarr", shape="3,4,5", dtype="float32")
+    np.testing.assert_array_equal(read_zarr(tmp_path / "p.zarr")[:], vol)
+
+
+def test_raw_oversized_and_npy_truncated(tmp_path):
+    np.zeros((10, 20, 30), np.uint8).tofile(tmp_path / "v.raw")
+    msg = expect_error(tmp_path, InputError, "has 6000 bytes but .* needs 5400 bytes", tmp_path / "v.raw",
+                       shape="9,20,30", dtype="uint8")
+    assert "--shape 10,20,30" in msg and "--header-bytes 600" in msg
+    np.save(tmp_path / "t.npy", np.zeros((10, 20, 30), np.uint16))
+    data = (tmp_path / "t.npy").read_bytes()
+    (tmp_path / "t.npy").write_bytes(data[:-100])
+    expect_error(tmp_path, InputError, "t.npy has .* bytes but its header .* needs .*truncated", tmp_path / "t.npy")
+
+
+def test_sources_read_regions_without_memory_maps(tmp_path):
+    vol = random_volume((6, 7, 8), "uint16")
+    vol.astype(">u2").tofile(tmp_path / "v.raw")
+    np.save(tmp_path / "v.npy", vol)
+    tifffile.imwrite(tmp_path / "v.tif", vol, photometric="minisblack")
+    for src, options in ((tmp_path / "v.raw", {"shape": vol.shape, "dtype": "uint16", "byte_order": "big"}),
+                         (tmp_path / "v.npy", {}), (tmp_path / "v.tif", {})):
+        with open_source(src, **options) as s:
+            assert not any(isinstance(v, np.memmap) for v in vars(s).values())
+            for region in [np.s_[0:6, 0:7, 0:8], np.s_[1:5:3, 2:3, 0:8], np.s_[5:6, 0:7, 3:5]]:
+                block = s.read_region(region)
+                assert block.dtype == np.uint16 and block.dtype.isnative
+                np.testing.assert_array_equal(block, vol[region])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Shards
+
+
+def test_shards_round_trip_each_shard_written_once(tmp_path, monkeypatch):
+    vol = random_volume((37, 50, 45), "uint16")
+    np.save(tmp_path / "v.npy", vol)
+    writes = []
+    original = zarr.storage.LocalStore.set
+
+    async def spy(self, key, value):
+        writes.append(key)
+        return await original(self, key, value)
+
+    monkeypatch.setattr(zarr.storage.LocalStore, "set", spy)
+    convert(tmp_path / "v.npy", tmp_path / "s.zarr", chunks=(8, 16, 16), shards=(16, 32, 48))
+    out = read_zarr(tmp_path / "s.zarr")
+    assert out.chunks == (8, 16, 16) and out.shards == (16, 32, 48)  # X shard clipped to 3 chunks covering 45
+    np.testing.assert_array_equal(out[:], vol)
+    data = [k for k in writes if k.startswith("c/")]
+    assert len(data) == len(set(data)) == 3 * 2 * 1  # ceil(37/16) x ceil(50/32) x 1 shard files, each once
+    files = [f for _, _, names in os.walk(tmp_path / "s.zarr" / "c") for f in names]
+    assert len(files) == 6
+
+
+def test_shards_must_be_whole_chunks(tmp_path):
+    np.save(tmp_path / "v.npy", np.zeros((64, 64, 64), np.uint8))
+    expect_error(tmp_path, InputError, "--shards 100,64,64 is not a whole number of chunks 64,64,64.*128,64,64",
+                 tmp_path / "v.npy", shards="100,64,64")
+    expect_error(tmp_path, InputError, "--shards 64,64 has 2 values", tmp_path / "v.npy", shards="64,64")
+    expect_error(tmp_path, InputError, "--shards applies to .zarr outputs only", tmp_path / "v.npy", "o.tif",
+                 shards="64,64,64")
+    expect_error(tmp_path, InputError, "--shards 'a,b,c'", tmp_path / "v.npy", shards="a,b,c")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Failures while writing or reading: one clear error, nothing left behind
+
+
+def enospc(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_full_disk_while_writing_zarr(tmp_path, monkeypatch):
+    vol = random_volume((20, 8, 9), "uint8")
+    np.save(tmp_path / "v.npy", vol)
+    calls = []
+    original = zarr.storage.LocalStore.set
+
+    async def fills_up(self, key, value):
+        calls.append(key)
+        if len(calls) > 4:  # metadata and a few chunks fit, then the disk is full
+            enospc()
+        return await original(self, key, value)
+
+    monkeypatch.setattr(zarr.storage.LocalStore, "set", fills_up)
+    msg = expect_error(tmp_path, formats.OutputWriteError, "cannot write .*out.zarr: No space left on device",
+                       tmp_path / "v.npy", chunks=(4, 8, 9))
+    assert "ENOSPC" in msg and "free space on the disk of" in msg and "partial output was removed" in msg
+    assert len(calls) > 4
+
+
+@pytest.mark.parametrize("dest", ["o.tif", "o.nc", "o.raw", "o.npy"])
+def test_full_disk_while_exporting(tmp_path, monkeypatch, dest):
+    np.save(tmp_path / "v.npy", random_volume((6, 5, 4), "uint16"))
+    kind = formats._dest_kind(Path(dest))
+    writer = {"tiff": "_write_tiff", "netcdf": "_write_netcdf", "raw": "_write_raw", "npy": "_write_npy"}[kind]
+    real = getattr(formats, writer)
+
+    def half_then_full(source, tmp, slab, advance):
+        real(source, tmp, slab, advance)  # the file is complete on disk, but the last write "failed"
+        enospc()
+
+    monkeypatch.setattr(formats, writer, half_then_full)
+    msg = expect_error(tmp_path, formats.OutputWriteError, f"cannot write .*{dest}: No space left", tmp_path / "v.npy",
+                       dest)
+    assert "free space" in msg
+
+
+def test_read_failure_names_the_source(tmp_path, monkeypatch):
+    vol = random_volume((8, 5, 4), "uint8")
+    vol.tofile(tmp_path / "v.raw")
+
+    def broken(self, array, position):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(formats._FileVoxels, "_fill", broken)
+    expect_error(tmp_path, InputError, "cannot read .*v.raw \\(plane z=0\\): .*Input/output error", tmp_path / "v.raw",
+                 shape="8,5,4", dtype="uint8")
+
+
+def test_cli_convert_options_and_one_line_errors(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from rockseg.cli import app
+
+    runner = CliRunner()
+    labels, colours = rgb_labels((6, 8, 9), PALETTE)
+    tifffile.imwrite(tmp_path / "m.tif", colours, photometric="rgb")
+    args = ["convert", str(tmp_path / "m.tif"), str(tmp_path / "l.zarr"), "--colormap", PALETTE_TEXT,
+            "--phases", "3=fool's gold", "--crop", "1:6,:,2:", "--slices", "::2", "--chunks", "2,4,4",
+            "--shards", "4,8,8"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    out = read_zarr(tmp_path / "l.zarr")
+    np.testing.assert_array_equal(out[:], labels[2:6:2, :, 2:])  # planes 0, 2, 4... inside 1:6
+    assert out.attrs["phases"]["3"] == "fool's gold" and out.attrs["phases"]["0"] == "pore"
+    assert out.shards == (2, 8, 8)  # clipped to the chunks covering the 2 planes kept
+    result = runner.invoke(app, ["convert", str(tmp_path / "m.tif"), str(tmp_path / "x.zarr"),
+                                 "--colormap", "0,0,255=0"])
+    assert result.exit_code == 2 and "is not in --colormap" in result.output and "m.tif" in result.output
+    assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "x.zarr").exists()
+    monkeypatch.setattr(formats, "_write_raw", lambda *a: enospc())
+    result = runner.invoke(app, ["convert", str(tmp_path / "l.zarr"), str(tmp_path / "e.raw")])
+    assert result.exit_code == 2 and "No space left on device" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "e.raw").exists() and not (tmp_path / "e.mhd").exists()
+
+
+def test_bigtiff_above_the_limit(tmp_path, monkeypatch):
+    vol = random_volume((4, 5, 6), "uint16")
+    monkeypatch.setattr(formats, "_BIGTIFF_THRESHOLD", vol.nbytes - 1)
+    export(vol, tmp_path / "big.tif", voxel_size=(3.0, 2.0, 1.0))
+    monkeypatch.setattr(formats, "_BIGTIFF_THRESHOLD", vol.nbytes)
+    export(vol, tmp_path / "classic.tif")
+    with tifffile.TiffFile(tmp_path / "big.tif") as tif, tifffile.TiffFile(tmp_path / "classic.tif") as classic:
+        assert tif.is_bigtiff and not tif.is_imagej
+        assert not classic.is_bigtiff and classic.is_imagej
+    with open_source(tmp_path / "big.tif") as src:
+        np.testing.assert_array_equal(src.read(0, 4), vol)
+        assert src.voxel_size == pytest.approx((3.0, 2.0, 1.0))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Fast statistics and the reading pipeline
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "int8", "uint16", "int16", "bool", "float32", "int32"])
+def test_slab_stats_equal_the_accumulator(monkeypatch, dtype):
+    from rockseg.normalization import IntensityAccumulator
+
+    monkeypatch.setattr(formats, "_STATS_PIECE", 1000)  # many pieces per slab
+    vol = random_volume((7, 30, 40), "uint8") > 128 if dtype == "bool" else random_volume((7, 30, 40), dtype)
+    fast, reference = formats._SlabStats(vol.dtype, total=vol.size), IntensityAccumulator(vol.dtype, total=vol.size)
+    for z in range(0, 7, 3):
+        fast.update(vol[z : z + 3])
+        reference.update(vol[z : z + 3])
+    got, want = fast.result(), reference.result()
+    assert got.keys() == want.keys()
+    for key in want:
+        if key in ("mean", "std"):
+            assert got[key] == pytest.approx(want[key], rel=1e-12)
+        elif dtype in ("float32", "int32") and key in ("p_low", "p_high"):
+            assert got[key] == pytest.approx(want[key], rel=0.05)  # subsampled percentiles, samples differ
+        else:
+            assert got[key] == want[key], key
+    if dtype in ("int8", "int16"):
+        values = vol.astype(np.int64)
+        assert (got["min"], got["max"]) == (values.min(), values.max())
+        lo, hi = np.percentile(values, [0.5, 99.5], method="inverted_cdf")
+        assert (got["p_low"], got["p_high"]) == (lo, hi)
+
+
+def test_prefetch_gives_the_same_slabs_and_passes_errors(monkeypatch):
+    vol = random_volume((23, 4, 5), "uint8")
+    src = CountingSource(vol)
+    slabs = list(formats._stream(src, 5))
+    assert [(z0, z1) for z0, z1, _ in slabs] == [(0, 5), (5, 10), (10, 15), (15, 20), (20, 23)]
+    np.testing.assert_array_equal(np.concatenate([b for _, _, b in slabs]), vol)
+
+    class Broken(CountingSource):
+        def _read(self, z0, z1):
+            if z0 >= 10:
+                raise InputError("bad plane")
+            return super()._read(z0, z1)
+
+    stream = formats._stream(Broken(vol), 5)
+    assert next(stream)[0] == 0 and next(stream)[0] == 5
+    with pytest.raises(InputError, match="bad plane"):
+        next(stream)
+    stream = formats._stream(CountingSource(vol), 5)
+    next(stream)
+    stream.close()  # stopping early joins the reader thread
+    monkeypatch.setattr(formats, "_PREFETCH_BYTES", 1)  # big slabs are read in turn
+    assert len(list(formats._stream(CountingSource(vol), 5))) == 5
+
+
+def test_fake_images_and_stores(tmp_path):
+    for name in ("fake.png", "fake.mhd"):
+        (tmp_path / name).write_text("just some text\n")
+    (tmp_path / "fake.zarr").mkdir()
+    expect_error(tmp_path, InputError, "fake.png is not a readable image", tmp_path / "fake.png")
+    expect_error(tmp_path, InputError, "fake.mhd is not a MetaImage header", tmp_path / "fake.mhd")
+    expect_error(tmp_path, InputError, "fake.zarr is not a Zarr array", tmp_path / "fake.zarr")
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    (folder / "a.png").write_text("text")
+    expect_error(tmp_path, InputError, "a.png is not a readable image", folder)
+
+
+class BandSource(formats.Source):
+    """A source that reads bands of rows cheaply and records the regions read."""
+
+    band_reads = True
+
+    def __init__(self, vol):
+        super().__init__("bands", vol.shape, vol.dtype)
+        self.vol, self.regions = vol, []
+
+    def _read_region(self, region):
+        self.regions.append(tuple((s.start, s.stop) for s in region))
+        return self.vol[region]
+
+
+def test_wide_slabs_are_written_in_bands_of_whole_chunk_rows(tmp_path, monkeypatch):
+    vol = random_volume((10, 23, 6), "uint16")
+    monkeypatch.setattr(formats, "_SLAB_BYTES", 4 * 8 * 6 * 2)  # room for 8 rows of a 4-plane slab
+    src = BandSource(vol)
+    write_zarr(src, tmp_path / "b.zarr", chunks=(4, 3, 6))
+    np.testing.assert_array_equal(read_zarr(tmp_path / "b.zarr")[:], vol)
+    assert src.regions[:3] == [((0, 4), (0, 6), (0, 6)), ((0, 4), (6, 12), (0, 6)), ((0, 4), (12, 18), (0, 6))]
+    assert len(src.regions) == 3 * 4  # 3 slabs of 4 bands (6 rows = 2 chunk rows; 23 rows)
+    # a shard row is the unit with shards: every shard is still written once
+    writes = []
+    original = zarr.storage.LocalStore.set
+
+    async def spy(self, key, value):
+        writes.append(key)
+        return await original(self, key, value)
+
+    monkeypatch.setattr(zarr.storage.LocalStore, "set", spy)
+    src = BandSource(vol)
+    write_zarr(src, tmp_path / "s.zarr", chunks=(2, 3, 6), shards=(4, 6, 6))
+    np.testing.assert_array_equal(read_zarr(tmp_path / "s.zarr")[:], vol)
+    assert all(y0 % 6 == 0 and (y1 - y0 == 6 or y1 == 23) for _, (y0, y1), _ in src.regions)  # whole shard rows
+    data = [k for k in writes if k.startswith("c/")]
+    assert len(data) == len(set(data)) == 3 * 4
+    # a source that decodes whole planes is read in whole planes
+    counting = CountingSource(vol)
+    write_zarr(counting, tmp_path / "c.zarr", chunks=(4, 3, 6))
+    assert counting.reads == [(0, 4), (4, 8), (8, 10)]
+    # a raw file reads bands from the disk
+    vol.tofile(tmp_path / "v.raw")
+    convert(tmp_path / "v.raw", tmp_path / "r.zarr", shape=vol.shape, dtype="uint16", chunks=(4, 3, 6))
+    np.testing.assert_array_equal(read_zarr(tmp_path / "r.zarr")[:], vol)
