@@ -31,3 +31,7 @@ class IncompleteError(RocksegError):
     """A block-wise run is not complete (missing blocks); re-run the same command to finish it."""
 
     exit_code = 1
+
+
+class OutputWriteError(RocksegError, OSError):
+    """Writing an output failed (full disk, quota, permissions, I/O error); the partial output was removed."""

@@ -58,7 +58,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from rockseg.errors import InputError, MissingInputError, RocksegError
+from rockseg.errors import InputError, MissingInputError, OutputWriteError, RocksegError
 from rockseg.normalization import IntensityAccumulator
 from rockseg.stores import (
     ATTR_INTENSITY,
@@ -123,7 +123,6 @@ _SLAB_BYTES = 128 << 20
 # in memory at once); bigger ones (deep shards of planes read whole) are read in turn, to keep memory bounded.
 _PREFETCH_BYTES = 256 << 20
 # Statistics are accumulated over pieces of a slab this long, so their temporaries stay small and in cache.
-_STATS_PIECE = 1 << 22
 # Slice files decoded at once by a folder or glob of slices.
 _SLICE_THREADS = 4
 # Leave room for the tags and offsets of every page before the 4 GiB limit of classic TIFF.
@@ -158,10 +157,6 @@ _NRRD_TYPES = {
     **dict.fromkeys(("ulonglong", "unsigned long long", "unsigned long long int", "uint64", "uint64_t"), "uint64"),
     "float": "float32", "double": "float64",
 }
-
-
-class OutputWriteError(RocksegError, OSError):
-    """Writing an output failed (full disk, quota, permissions, I/O error); the partial output was removed."""
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -1835,44 +1830,6 @@ def _check_block(source: Source, block: np.ndarray, shape: tuple[int, ...]) -> N
         raise InputError(f"{source.path} gave a block of shape {block.shape} where {shape} was expected")
 
 
-class _SlabStats(IntensityAccumulator):
-    """The statistics of :class:`~rockseg.normalization.IntensityAccumulator`, identical, with less work per voxel.
-
-    For 8- and 16-bit integers only the histogram is accumulated (a bincount); count, sum, sum of squares, minimum
-    and maximum follow from it exactly at the end, instead of a float64 copy, a square and two reductions of every
-    voxel. Other types go through the accumulator in pieces of ``_STATS_PIECE`` voxels, so its float64 temporaries
-    stay a few tens of MB whatever the slab size.
-    """
-
-    def update(self, slab: np.ndarray) -> None:
-        flat = np.asarray(slab).reshape(-1)
-        for start in range(0, flat.size, _STATS_PIECE):
-            piece = flat[start : start + _STATS_PIECE]
-            if self._exact:
-                self._hist += np.bincount(self._bins(piece), minlength=self._hist.size)
-                self.count += piece.size
-            else:
-                super().update(piece)
-
-    def _bins(self, piece: np.ndarray) -> np.ndarray:
-        if piece.dtype == np.bool_:
-            return piece.view(np.uint8)
-        if piece.dtype.kind == "i":
-            # value - min(dtype) is the two's complement pattern with its sign bit flipped (offset binary)
-            unsigned = piece.view(f"u{piece.dtype.itemsize}")
-            return unsigned ^ unsigned.dtype.type(1 << (8 * piece.dtype.itemsize - 1))
-        return piece
-
-    def result(self) -> dict[str, Any]:
-        if self._exact and self.count:
-            present = np.flatnonzero(self._hist)
-            values = np.arange(self._hist.size, dtype=np.float64) + self._offset
-            counts = self._hist.astype(np.float64)
-            self.min, self.max = float(present[0] + self._offset), float(present[-1] + self._offset)
-            self.sum, self.sumsq = float(counts @ values), float(counts @ (values * values))
-        return super().result()
-
-
 def _write_error(dest: Path, exc: OSError) -> OutputWriteError:
     code = exc.errno
     reason = exc.strerror or str(exc) or type(exc).__name__
@@ -1991,7 +1948,7 @@ def write_zarr(
     codecs = compressors_for(compressor)
     dest = Path(dest)
     check_new_output(dest, overwrite=overwrite)
-    acc = _SlabStats(source.dtype, total=int(np.prod(source.shape, dtype=np.int64)))
+    acc = IntensityAccumulator(source.dtype, total=int(np.prod(source.shape, dtype=np.int64)))
     dims = ("z", "y", "x")[-source.ndim :]
     grid = shards or chunks
     slab = grid[0]

@@ -19,6 +19,7 @@ volume segments it slice by slice (its tiles are one voxel thick along Z).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import os
@@ -421,6 +422,7 @@ class _Engine:
             probabilities=self.probs is not None, tta=job.tta, axis=job.axis,
         )
         self.markers = Path(job.out) / MARKER_DIR / "done"
+        self.pool = TilePool(self.runner, job.batch_size)
 
     def _global(self, box: Sequence[slice]) -> tuple[slice, ...]:
         """Region coordinates (Z, Y, X) -> the volume's own index (a 2D volume drops Z)."""
@@ -445,10 +447,10 @@ class _Engine:
         if self.mask is not None:
             keep = np.asarray(self.mask[self._global(region)]).astype(bool)
             keep = keep[None] if self.flat else keep
-        labels, probs = predict_region(
-            region, grid=grid, read=self.read, stats=self.stats, runner=self.runner,
-            batch_size=self.job.batch_size, keep=keep,
-        )
+        with self.pool.block():
+            labels, probs = predict_region(
+                region, grid=grid, read=self.read, stats=self.stats, run_tiles=self.pool, keep=keep,
+            )
         target = region[1:] if self.flat else region
         if self.probs is not None and probs is not None:
             q = np.rint(probs * np.float32(255)).astype(np.uint8)
@@ -471,10 +473,89 @@ def run_block(job: BlockJob, index: Triple) -> tuple[int, str]:
     return engine.run_block(index)
 
 
+TileResults = list[tuple[np.ndarray, "np.ndarray | None"]]
+
+
+def run_in_batches(
+    runner: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]], tiles: list[np.ndarray], batch_size: int,
+) -> TileResults:
+    """Run tiles through ``runner`` in batches of ``batch_size``; one (labels, probabilities) per tile."""
+    out: TileResults = []
+    for start in range(0, len(tiles), batch_size):
+        labels, probs = runner(np.stack(tiles[start : start + batch_size])[:, None])
+        out.extend((labels[i], None if probs is None else probs[i]) for i in range(len(labels)))
+    return out
+
+
+class TilePool:
+    """Batches the tiles of all blocks in flight together, so no block ends on a small, slow batch.
+
+    A block cut into 27 tiles with batches of 2 would end on a batch of one, which costs a CPU about 30 % more
+    per tile; here its last tile waits for the next block's first. Each block still gets exactly its own tiles'
+    results and writes its own chunk: only the batching is shared. A partial batch runs as soon as no other block
+    is being read (nothing more can come soon).
+    """
+
+    def __init__(self, runner: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]], batch_size: int) -> None:
+        self.runner, self.batch_size = runner, batch_size
+        self.cv = threading.Condition()
+        self.queue: list[tuple[np.ndarray, list[Any]]] = []
+        self.preparing = 0
+        self.running = False
+        self.error: BaseException | None = None
+        self._local = threading.local()
+
+    @contextlib.contextmanager
+    def block(self) -> Iterator[None]:
+        """Around the work of one block: while its tiles are being read, partial batches wait for them."""
+        with self.cv:
+            self.preparing += 1
+        self._local.submitted = False
+        try:
+            yield
+        finally:
+            with self.cv:
+                if not self._local.submitted:
+                    self.preparing -= 1
+                self.cv.notify_all()
+
+    def __call__(self, tiles: list[np.ndarray]) -> TileResults:
+        holders: list[list[Any]] = [[None] for _ in tiles]
+        with self.cv:
+            self.queue.extend(zip(tiles, holders))
+            if not getattr(self._local, "submitted", True):
+                self._local.submitted = True
+                self.preparing -= 1
+            self.cv.notify_all()
+        while True:
+            with self.cv:
+                while True:
+                    if self.error is not None:
+                        raise self.error
+                    if all(h[0] is not None for h in holders):
+                        return [h[0] for h in holders]
+                    if not self.running and (len(self.queue) >= self.batch_size or (self.queue and self.preparing == 0)):
+                        batch, self.queue = self.queue[: self.batch_size], self.queue[self.batch_size :]
+                        self.running = True
+                        break
+                    self.cv.wait()
+            try:
+                labels, probs = self.runner(np.stack([t for t, _ in batch])[:, None])
+            except BaseException as exc:
+                with self.cv:
+                    self.error, self.running = exc, False
+                    self.cv.notify_all()
+                raise
+            with self.cv:
+                for i, (_, holder) in enumerate(batch):
+                    holder[0] = (labels[i], None if probs is None else probs[i])
+                self.running = False
+                self.cv.notify_all()
+
+
 def predict_region(
     region: tuple[slice, ...], *, grid: TileGrid, read: Callable[[tuple[slice, ...]], np.ndarray],
-    stats: dict[str, Any], runner: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]],
-    batch_size: int, keep: np.ndarray | None = None,
+    stats: dict[str, Any], run_tiles: Callable[[list[np.ndarray]], TileResults], keep: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Labels (and probabilities) of one region from the global tile grid.
 
@@ -482,7 +563,8 @@ def predict_region(
     ----------
     region : three slices of the grid's (Z, Y, X) region.
     read : reads a box (three slices, volume coordinates) of the raw volume.
-    runner : maps a batch (N, 1, Tz, Ty, Tx) of normalised tiles to (labels, probabilities or None).
+    run_tiles : maps a list of normalised tiles (Tz, Ty, Tx) to a list of (labels, probabilities or None), one
+        per tile (:func:`run_in_batches`, or a :class:`TilePool` shared by the blocks in flight).
     keep : optional (z, y, x) bool mask of the region; tiles whose kept centre has no voxel to keep are not run,
         and voxels not kept are labelled :data:`OUTSIDE` (probabilities 0).
 
@@ -512,20 +594,17 @@ def predict_region(
     raw = read(box)
     data = normalize(raw[np.ix_(*(i - b.start for i, b in zip(index, box)))], stats)
     del raw
-    for start in range(0, len(origins), batch_size):
-        chunk = origins[start : start + batch_size]
-        batch = np.empty((len(chunk), 1, *tile), np.float32)
-        for n, k in enumerate(chunk):
-            sl = tuple(slice((kk - kr.start) * s, (kk - kr.start) * s + t) for kk, kr, s, t in zip(k, ks, step, tile))
-            batch[n, 0] = data[sl]
-        tile_labels, tile_probs = runner(batch)
+    tiles = [
+        data[tuple(slice((kk - kr.start) * s, (kk - kr.start) * s + t) for kk, kr, s, t in zip(k, ks, step, tile))]
+        for k in origins
+    ]
+    for k, (tile_labels, tile_probs) in zip(origins, run_tiles(tiles)):
         if tile_probs is not None and probs is None:
-            probs = np.zeros((tile_probs.shape[1], *rshape), np.float32)
-        for n, k in enumerate(chunk):
-            dst, src = kept(k)
-            labels[dst] = tile_labels[n][src]
-            if probs is not None and tile_probs is not None:
-                probs[(slice(None), *dst)] = tile_probs[n][(slice(None), *src)]
+            probs = np.zeros((tile_probs.shape[0], *rshape), np.float32)
+        dst, src = kept(k)
+        labels[dst] = tile_labels[src]
+        if probs is not None and tile_probs is not None:
+            probs[(slice(None), *dst)] = tile_probs[(slice(None), *src)]
     if keep is not None:
         labels[~keep] = OUTSIDE
         if probs is not None:

@@ -18,6 +18,7 @@ from rockseg.errors import InputError
 P_LOW = 0.5
 P_HIGH = 99.5
 _MAX_SAMPLES = 1 << 22
+_PIECE = 1 << 22  # voxels per float64 temporary
 
 
 class IntensityAccumulator:
@@ -42,8 +43,32 @@ class IntensityAccumulator:
         self._nsamples = 0
 
     def update(self, slab: np.ndarray) -> None:
-        """Add one slab (any shape) of the volume."""
-        flat = np.asarray(slab).ravel()
+        """Add one slab (any shape) of the volume.
+
+        8- and 16-bit integers only feed the histogram (one bincount); count, sum, sum of squares, minimum and
+        maximum follow from it exactly in :meth:`result`. Other dtypes are taken in pieces of ``_PIECE`` voxels,
+        so the float64 temporaries stay a few tens of MB whatever the slab size.
+        """
+        flat = np.asarray(slab).reshape(-1)
+        for start in range(0, flat.size, _PIECE):
+            piece = flat[start : start + _PIECE]
+            if self._exact:
+                self._hist += np.bincount(self._bins(piece), minlength=self._hist.size)
+                self.count += piece.size
+            else:
+                self._update_float(piece)
+
+    def _bins(self, piece: np.ndarray) -> np.ndarray:
+        """Histogram bin of each value: ``value - min(dtype)``, without a widening copy."""
+        if piece.dtype == np.bool_:
+            return piece.view(np.uint8)
+        if piece.dtype.kind == "i":
+            # value - min(dtype) is the two's complement pattern with its sign bit flipped (offset binary)
+            unsigned = piece.view(f"u{piece.dtype.itemsize}")
+            return unsigned ^ unsigned.dtype.type(1 << (8 * piece.dtype.itemsize - 1))
+        return piece
+
+    def _update_float(self, flat: np.ndarray) -> None:
         if flat.size == 0:
             return
         if flat.dtype.kind == "f" and not np.isfinite(flat).all():
@@ -54,21 +79,23 @@ class IntensityAccumulator:
         self.sumsq += float(np.square(f64).sum())
         self.min = min(self.min, float(flat.min()))
         self.max = max(self.max, float(flat.max()))
-        if self._exact:
-            values = flat.astype(np.int64) - self._offset if self._offset else flat
-            self._hist += np.bincount(values, minlength=self._hist.size)
-        else:
-            sample = flat[:: self._stride].astype(np.float64)
-            self._samples.append(sample)
-            self._nsamples += sample.size
-            if self._nsamples > 2 * _MAX_SAMPLES:
-                merged = np.concatenate(self._samples)[::2]
-                self._samples, self._nsamples, self._stride = [merged], merged.size, self._stride * 2
+        sample = flat[:: self._stride].astype(np.float64)
+        self._samples.append(sample)
+        self._nsamples += sample.size
+        if self._nsamples > 2 * _MAX_SAMPLES:
+            merged = np.concatenate(self._samples)[::2]
+            self._samples, self._nsamples, self._stride = [merged], merged.size, self._stride * 2
 
     def result(self) -> dict[str, Any]:
         """The statistics as a JSON-ready dict (the ``intensity`` store attribute)."""
         if self.count == 0:
             raise InputError("cannot compute intensity statistics of an empty volume")
+        if self._exact:
+            present = np.flatnonzero(self._hist)
+            values = np.arange(self._hist.size, dtype=np.float64) + self._offset
+            counts = self._hist.astype(np.float64)
+            self.min, self.max = float(present[0] + self._offset), float(present[-1] + self._offset)
+            self.sum, self.sumsq = float(counts @ values), float(counts @ (values * values))
         mean = self.sum / self.count
         std = float(np.sqrt(max(self.sumsq / self.count - mean * mean, 0.0)))
         if self._exact:
