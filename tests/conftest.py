@@ -59,3 +59,12 @@ def expected_boxsum(data, axes=3):
     return np.stack([ndimage.correlate(s.astype(np.int64), kernel, mode="mirror") for s in data])
 
 
+
+
+def grey_volume(path, shape, seed=0, chunks=(16, 16, 16)):
+    """A random uint8 grey-value volume written to a Zarr store at ``path``; returns the data."""
+    data = np.random.default_rng(seed).integers(0, 255, shape, dtype=np.uint8)
+    arr = zarr.create_array(store=str(path), shape=shape, chunks=tuple(min(c, n) for c, n in zip(chunks, shape)),
+                            dtype="uint8")
+    arr[...] = data
+    return data

@@ -21,7 +21,7 @@ from rockseg.inference import PredictConfig, TileGrid, check_complete, predict, 
 from rockseg.models import UNet, save_model_file
 
 
-from conftest import binary_volume, expected_boxsum  # noqa: E402
+from conftest import binary_volume, expected_boxsum, grey_volume  # noqa: E402
 
 
 def test_reflect_index_matches_numpy_pad():
@@ -121,10 +121,7 @@ def test_killed_block_is_redone(tmp_path, boxsum):
 
 
 def test_unet_labels_independent_of_block(tmp_path):
-    rng = np.random.default_rng(1)
-    data = rng.integers(0, 255, (40, 36, 44), dtype=np.uint8)
-    arr = zarr.create_array(store=str(tmp_path / "v.zarr"), shape=data.shape, chunks=(16, 16, 16), dtype="uint8")
-    arr[...] = data
+    grey_volume(tmp_path / "v.zarr", (40, 36, 44), seed=1, chunks=(16, 16, 16))
     torch.manual_seed(0)
     # instance norm makes a random network's output vary across the volume (batch norm at init does not)
     args = {"spatial_dims": 3, "classes": 3, "base_channels": 4, "depth": 2, "norm": "instance"}
@@ -271,10 +268,7 @@ def small_unet_model(path, seed=0):
 @pytest.mark.slow
 def test_dask_distributed_cluster_gives_same_labels(tmp_path):
     distributed = pytest.importorskip("distributed")
-    rng = np.random.default_rng(2)
-    data = rng.integers(0, 255, (32, 40, 24), dtype=np.uint8)
-    arr = zarr.create_array(store=str(tmp_path / "v.zarr"), shape=data.shape, chunks=(16, 16, 16), dtype="uint8")
-    arr[...] = data
+    grey_volume(tmp_path / "v.zarr", (32, 40, 24), seed=2, chunks=(16, 16, 16))
     model = small_unet_model(tmp_path / "m.pt")
     predict(tmp_path / "v.zarr", tmp_path / "local.zarr", model=model, config=PredictConfig(block=16, device="cpu"))
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
@@ -292,17 +286,14 @@ def test_kill_9_then_same_command_finishes_only_missing_blocks(tmp_path):
     import sys
     import time
 
-    rng = np.random.default_rng(3)
-    data = rng.integers(0, 255, (64, 64, 64), dtype=np.uint8)
-    arr = zarr.create_array(store=str(tmp_path / "v.zarr"), shape=data.shape, chunks=(32, 32, 32), dtype="uint8")
-    arr[...] = data
+    grey_volume(tmp_path / "v.zarr", (64, 64, 64), seed=3, chunks=(32, 32, 32))
     model = small_unet_model(tmp_path / "m.pt")
     cmd = [sys.executable, "-m", "rockseg", "predict", str(tmp_path / "v.zarr"), "-m", str(model), "-o",
            str(tmp_path / "p.zarr"), "--device", "cpu", "--block", "8", "--workers", "1"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     done_dir = tmp_path / "p.zarr" / ".rockseg" / "done"
     deadline = time.time() + 120
-    target = int(rng.integers(20, 300))  # a random moment, between 20 and 300 of the 512 blocks
+    target = int(np.random.default_rng(3).integers(20, 300))  # a random moment, between 20 and 300 of the 512 blocks
     while time.time() < deadline and proc.poll() is None:
         if done_dir.exists() and len(os.listdir(done_dir)) >= target:
             break
@@ -323,10 +314,7 @@ def test_kill_9_then_same_command_finishes_only_missing_blocks(tmp_path):
 def test_cuda_path_agrees_with_cpu(tmp_path):
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
-    rng = np.random.default_rng(4)
-    data = rng.integers(0, 255, (40, 40, 40), dtype=np.uint8)
-    arr = zarr.create_array(store=str(tmp_path / "v.zarr"), shape=data.shape, chunks=(16, 16, 16), dtype="uint8")
-    arr[...] = data
+    grey_volume(tmp_path / "v.zarr", (40, 40, 40), seed=4, chunks=(16, 16, 16))
     model = small_unet_model(tmp_path / "m.pt")
     predict(tmp_path / "v.zarr", tmp_path / "cpu.zarr", model=model, config=PredictConfig(block=16, device="cpu"))
     s = predict(tmp_path / "v.zarr", tmp_path / "gpu.zarr", model=model,
@@ -340,10 +328,7 @@ def test_cuda_path_agrees_with_cpu(tmp_path):
 @pytest.mark.slow
 def test_one_worker_process_per_device(tmp_path):
     pytest.importorskip("distributed")
-    rng = np.random.default_rng(5)
-    data = rng.integers(0, 255, (24, 24, 24), dtype=np.uint8)
-    arr = zarr.create_array(store=str(tmp_path / "v.zarr"), shape=data.shape, chunks=(16, 16, 16), dtype="uint8")
-    arr[...] = data
+    grey_volume(tmp_path / "v.zarr", (24, 24, 24), seed=5, chunks=(16, 16, 16))
     model = small_unet_model(tmp_path / "m.pt")
     predict(tmp_path / "v.zarr", tmp_path / "local.zarr", model=model, config=PredictConfig(block=8, device="cpu"))
     s = predict(tmp_path / "v.zarr", tmp_path / "dev.zarr", model=model,
@@ -359,10 +344,7 @@ def test_one_worker_process_per_device(tmp_path):
 
 @pytest.mark.parametrize(("agreement", "expected"), [(0.0, "bf16"), (1.01, "float32")])
 def test_cpu_bf16_only_where_supported_and_labels_agree(tmp_path, monkeypatch, agreement, expected):
-    rng = np.random.default_rng(6)
-    data = rng.integers(0, 255, (16, 16, 16), dtype=np.uint8)
-    arr = zarr.create_array(store=str(tmp_path / "v.zarr"), shape=data.shape, chunks=data.shape, dtype="uint8")
-    arr[...] = data
+    grey_volume(tmp_path / "v.zarr", (16, 16, 16), seed=6, chunks=(16, 16, 16))
     model = small_unet_model(tmp_path / "m.pt")
     monkeypatch.setattr(inference, "cpu_has_bf16", lambda: False)
     s = predict(tmp_path / "v.zarr", tmp_path / "a.zarr", model=model, config=PredictConfig(device="cpu"))
