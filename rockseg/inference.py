@@ -318,7 +318,7 @@ class Prediction:
 
 
 def _create_prediction(
-    out: Path, *, shape: Sequence[int], shape3: Triple, block: Triple, classes: int, attrs: dict[str, Any],
+    out: Path, *, shape: Sequence[int], block: Triple, classes: int, attrs: dict[str, Any],
     probabilities: str | None, overwrite: bool,
 ) -> Prediction:
     """Create the output store, or reopen it to resume when it holds a run with the same settings."""
@@ -811,7 +811,7 @@ def predict(
             attrs[key] = src_attrs[key]
     out_shape = grid.shape[1:] if array.ndim == 2 else grid.shape
     pred = _create_prediction(
-        out_path, shape=out_shape, shape3=grid.shape, block=block, classes=len(phases), attrs=attrs,
+        out_path, shape=out_shape, block=block, classes=len(phases), attrs=attrs,
         probabilities=config.probabilities, overwrite=overwrite,
     )
     job = BlockJob(
