@@ -169,7 +169,8 @@ def breakdown(raw: Path, size: int, compressor: str, work: Path, planes: int = 1
     """Seconds per stage for the first ``planes`` planes of the raw input, each stage timed alone."""
     import zarr
 
-    from rockseg.formats import DEFAULT_CHUNKS_3D, _SlabStats, open_source
+    from rockseg.formats import DEFAULT_CHUNKS_3D, open_source
+    from rockseg.normalization import IntensityAccumulator
     from rockseg.stores import compressors_for
 
     planes = min(planes, size)
@@ -180,7 +181,7 @@ def breakdown(raw: Path, size: int, compressor: str, work: Path, planes: int = 1
         start = time.perf_counter()
         slabs = [src.read(z, min(planes, z + chunk)) for z in range(0, planes, chunk)]
         times["read (disk, evicted)"] = time.perf_counter() - start
-    stats = _SlabStats(np.dtype(np.uint16), total=size**3)
+    stats = IntensityAccumulator(np.dtype(np.uint16), total=size**3)
     start = time.perf_counter()
     for slab in slabs:
         stats.update(slab)
