@@ -279,9 +279,7 @@ class Prediction:
 
     def __init__(self, path: str | os.PathLike[str], *, writable: bool = False) -> None:
         self.path = Path(path)
-        self.array = open_volume(self.path, name="prediction")
-        if writable:
-            self.array = zarr.open_array(store=str(self.path), mode="r+")
+        self.array = open_volume(self.path, name="prediction", mode="r+" if writable else "r")
         meta = dict(self.array.attrs).get(ATTR_PROVENANCE) or {}
         if "block" not in meta or "settings" not in meta:
             raise InputError(

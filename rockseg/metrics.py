@@ -43,6 +43,7 @@ import dask
 import numpy as np
 
 from rockseg.errors import InputError
+from rockseg.stores import check_crop, phases_of
 
 __all__ = ["AXES", "CONNECTIVITIES", "MAX_LABEL", "euler_lut", "euler_number", "score_volumes"]
 
@@ -588,25 +589,6 @@ def _check_labels_dtype(array: Any, name: str) -> bool:
     return False
 
 
-def _check_crop(
-    crop: Sequence[slice] | None, shape: tuple[int, ...], name: str
-) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Crop start and size, checked against ``shape``; the whole volume when ``crop`` is None."""
-    if crop is None:
-        return (0,) * len(shape), shape
-    crop = tuple(crop)
-    if len(crop) != len(shape) or not all(isinstance(s, slice) for s in crop):
-        raise InputError(f"crop {crop!r} does not give one slice per axis of {name} {shape}")
-    origin, size = [], []
-    for s, n in zip(crop, shape):
-        lo, hi, step = s.indices(n)
-        if step != 1 or hi <= lo:
-            raise InputError(f"crop {crop!r} is empty or strided for {name} {shape}: give START:STOP ranges")
-        origin.append(lo)
-        size.append(hi - lo)
-    return tuple(origin), tuple(size)
-
-
 def _check_mask(mask: Any, shape: tuple[int, ...], mask_name: str, pred_name: str) -> None:
     if not (hasattr(mask, "shape") and hasattr(mask, "dtype")):
         raise InputError(f"{mask_name} is a {type(mask).__name__}, not an array: give a Zarr or NumPy array")
@@ -771,11 +753,13 @@ def score_volumes(
     axis = _check_axis(per_slice, shape, pred_name)
     pred_checked = _check_labels_dtype(pred, pred_name)
     truth_checked = _check_labels_dtype(truth, truth_name) if truth is not None else True
-    origin, size = _check_crop(crop, shape, pred_name)
+    region = check_crop(crop, shape, name=pred_name)
+    origin = tuple(r.start for r in region)
+    size = tuple(r.stop - r.start for r in region)
     if num_workers is not None and (isinstance(num_workers, bool) or int(num_workers) < 1):
         raise InputError(f"num_workers {num_workers!r} must be a positive number of threads")
     if phases is None:
-        phases = _stored_phases(pred) or (_stored_phases(truth) if truth is not None else {})
+        phases = phases_of(pred) or (phases_of(truth) if truth is not None else {})
     names = {
         _check_label(label, f"phase label {label!r} ({name!r})", "fix the phase names"): str(name)
         for label, name in phases.items()
@@ -823,17 +807,6 @@ def score_volumes(
             total.slices, doc, names, connectivity, axis=axis, first=origin[axis], ignored=ignored
         )
     return doc
-
-
-def _stored_phases(array: Any) -> dict[int, str]:
-    attrs = getattr(array, "attrs", None)
-    if attrs is None:
-        return {}
-    raw = dict(attrs).get("phases") or {}
-    try:
-        return {int(k): str(v) for k, v in raw.items()}
-    except (AttributeError, TypeError, ValueError):
-        return {}
 
 
 def _mean_iou(ious: Sequence[float | None]) -> float | None:

@@ -66,13 +66,14 @@ def provenance(**extra: Any) -> dict[str, Any]:
     return {"version": __version__, "command": " ".join(sys.argv), **extra}
 
 
-def open_volume(path: str | os.PathLike[str], *, name: str = "volume") -> zarr.Array:
+def open_volume(path: str | os.PathLike[str], *, name: str = "volume", mode: str = "r") -> zarr.Array:
     """Open an existing Zarr array (v2 or v3, written by rockseg or any other tool) for reading.
 
     Parameters
     ----------
     path : path of a Zarr array store (a directory).
     name : what the store is, for error messages ("image", "labels", "prediction"...).
+    mode : ``"r"`` (read only) or ``"r+"`` (read and write an existing array).
 
     Raises
     ------
@@ -85,7 +86,7 @@ def open_volume(path: str | os.PathLike[str], *, name: str = "volume") -> zarr.A
     if not p.exists():
         raise MissingInputError(f"{name} {p} does not exist: check the path")
     try:
-        return zarr.open_array(store=str(p), mode="r")
+        return zarr.open_array(store=str(p), mode=mode)
     except Exception as exc:  # zarr raises several types for "not an array"
         raise InputError(
             f"{name} {p} is not a Zarr array ({type(exc).__name__}): give a .zarr array store, "
@@ -164,10 +165,41 @@ def parse_crop(text: str | None, shape: Sequence[int], *, name: str = "--crop") 
     return tuple(out)
 
 
-def phases_of(array: zarr.Array) -> dict[int, str]:
-    """The phase names of a label volume, ``{label: name}``, or ``{}`` when it has none."""
-    raw = dict(array.attrs).get(ATTR_PHASES) or {}
-    return {int(k): str(v) for k, v in raw.items()}
+def check_crop(crop: Sequence[slice] | None, shape: Sequence[int], *, name: str) -> tuple[slice, ...]:
+    """Normalise ``crop`` (one slice per axis, or None for all of ``shape``) to in-range START:STOP slices.
+
+    ``name`` names the volume in error messages.
+    """
+    shape = tuple(int(s) for s in shape)
+    if crop is None:
+        return tuple(slice(0, n) for n in shape)
+    crop = tuple(crop)
+    if len(crop) != len(shape):
+        raise InputError(
+            f"--crop has {len(crop)} ranges but {name} has {len(shape)} axes {shape}: give one slice per axis "
+            f"(START:STOP)"
+        )
+    out = []
+    for s, n in zip(crop, shape):
+        if not isinstance(s, slice):
+            raise InputError(f"--crop range {s!r} for {name} is not a START:STOP range with step 1")
+        lo, hi, step = s.indices(n)
+        if step != 1:
+            raise InputError(f"--crop range {s!r} for {name} is not a START:STOP range with step 1")
+        if hi <= lo:
+            raise InputError(f"--crop range {lo}:{hi} is empty for an axis of length {n} of {name}")
+        out.append(slice(lo, hi))
+    return tuple(out)
+
+
+def phases_of(array: Any) -> dict[int, str]:
+    """The phase names of a label volume, ``{label: name}``, or ``{}`` when it has none (or no attributes)."""
+    attrs = getattr(array, "attrs", None)
+    raw = (dict(attrs).get(ATTR_PHASES) if attrs is not None else None) or {}
+    try:
+        return {int(k): str(v) for k, v in raw.items()}
+    except (AttributeError, TypeError, ValueError):
+        return {}
 
 
 def parse_phases(text: str | None) -> dict[int, str]:

@@ -74,27 +74,6 @@ def check_dims(dims: int) -> int:
     return int(dims)
 
 
-def check_crop(crop: Sequence[slice] | None, shape: Sequence[int], *, path: str) -> tuple[slice, ...]:
-    """Normalise ``crop`` (one slice per axis, or None for all) to slices with explicit, in-range bounds."""
-    shape = tuple(int(s) for s in shape)
-    if crop is None:
-        return tuple(slice(0, n) for n in shape)
-    crop = tuple(crop)
-    if len(crop) != len(shape):
-        raise InputError(
-            f"--crop has {len(crop)} ranges but {path} has {len(shape)} axes {shape}: give one START:STOP per axis"
-        )
-    out = []
-    for s, n in zip(crop, shape):
-        if not isinstance(s, slice) or s.step not in (None, 1):
-            raise InputError(f"--crop range {s!r} for {path} is not a START:STOP range with step 1")
-        lo, hi, _ = s.indices(n)
-        if hi <= lo:
-            raise InputError(f"--crop range {lo}:{hi} is empty for an axis of length {n} of {path}")
-        out.append(slice(lo, hi))
-    return tuple(out)
-
-
 def default_counts(train_voxels: int, val_voxels: int, patch_voxels: int, count: int | None) -> tuple[int, int]:
     """Numbers of training and validation patches.
 
@@ -271,7 +250,7 @@ def make_tiles(
         raise InputError(f"image {img_path} has dtype {img.dtype}: give a numeric grey-value image")
     if dims == 3 and img.ndim != 3:
         raise InputError(f"--dims 3 needs a (Z, Y, X) volume but image {img_path} is 2D {img.shape}: use --dims 2")
-    region = check_crop(crop, img.shape, path=str(img_path))
+    region = stores.check_crop(crop, img.shape, name=str(img_path))
     extent = (size,) * img.ndim if dims == 3 or img.ndim == 2 else (1, size, size)
     lengths = tuple(s.stop - s.start for s in region)
     for n, e, name in zip(lengths, extent, AXIS_NAMES[img.ndim]):
