@@ -40,7 +40,7 @@ import zarr
 
 from rockseg.devices import resolve_device
 from rockseg.errors import IncompleteError, InputError, MissingInputError, OutputExistsError
-from rockseg.models import file_sha256, model_from_payload, read_model_file
+from rockseg.models import file_sha256, model_from_payload, read_model_file, tile_multiple
 from rockseg.normalization import intensity_stats, normalize
 from rockseg.progress import Reporter
 from rockseg.stores import (
@@ -634,7 +634,7 @@ def _geometry(payload: dict[str, Any], volume_shape: Sequence[int], config: Pred
     origin: Triple = tuple(c.start for c in crop)  # type: ignore[assignment]
     tile = int(config.tile or payload["tile"])
     halo = int(config.halo if config.halo is not None else payload["halo"])
-    divisor = 2 ** int(payload["arch_args"].get("depth", 3))
+    divisor = tile_multiple(payload["arch"], payload["arch_args"])
     if tile <= 0 or tile % divisor:
         raise InputError(f"--tile {tile}: this model needs a tile edge that is a positive multiple of {divisor}")
     in_plane = [n for ax, n in enumerate(full) if not (dims == 2 and ax == axis)]
