@@ -8,6 +8,7 @@ percentiles of the volume, so grey values of any bit depth map to roughly [0, 1]
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,6 +20,9 @@ P_LOW = 0.5
 P_HIGH = 99.5
 _MAX_SAMPLES = 1 << 22
 _PIECE = 1 << 22  # voxels per float64 temporary
+# Voxels per bincount: np.bincount widens its input to intp, and a 2 MB temporary stays in cache (about 1.5x
+# faster than 4 M voxels at a time on 16-bit data).
+_HIST_PIECE = 1 << 18
 
 
 class IntensityAccumulator:
@@ -26,6 +30,10 @@ class IntensityAccumulator:
 
     Integer volumes of 8 or 16 bits get an exact histogram (so exact percentiles); other dtypes keep a regular
     subsample of at most ~4 M values for the percentiles, while min, max, mean and std stay exact.
+
+    For the exact dtypes (:attr:`exact`), :meth:`update` may be called from several threads at once, on pieces in
+    any order: the histogram is the same. Other dtypes must be fed from one thread in volume order, or the subsample
+    (and so the percentiles) would depend on thread timing.
     """
 
     def __init__(self, dtype: np.dtype, total: int | None = None) -> None:
@@ -41,22 +49,34 @@ class IntensityAccumulator:
         self._stride = max(1, (total or 0) // _MAX_SAMPLES)
         self._samples: list[np.ndarray] = []
         self._nsamples = 0
+        self._lock = threading.Lock()
+
+    @property
+    def exact(self) -> bool:
+        """True for 8- and 16-bit integers (and bool): an exact histogram, and :meth:`update` is thread-safe."""
+        return self._exact
 
     def update(self, slab: np.ndarray) -> None:
         """Add one slab (any shape) of the volume.
 
-        8- and 16-bit integers only feed the histogram (one bincount); count, sum, sum of squares, minimum and
-        maximum follow from it exactly in :meth:`result`. Other dtypes are taken in pieces of ``_PIECE`` voxels,
-        so the float64 temporaries stay a few tens of MB whatever the slab size.
+        8- and 16-bit integers only feed the histogram (bincounts of ``_HIST_PIECE`` voxels, added under a lock);
+        count, sum, sum of squares, minimum and maximum follow from it exactly in :meth:`result`. Other dtypes are
+        taken in pieces of ``_PIECE`` voxels, so the float64 temporaries stay a few tens of MB whatever the slab
+        size.
         """
         flat = np.asarray(slab).reshape(-1)
-        for start in range(0, flat.size, _PIECE):
-            piece = flat[start : start + _PIECE]
-            if self._exact:
-                self._hist += np.bincount(self._bins(piece), minlength=self._hist.size)
-                self.count += piece.size
-            else:
-                self._update_float(piece)
+        if self._exact:
+            if flat.size:
+                counts = np.bincount(self._bins(flat[:_HIST_PIECE]), minlength=self._hist.size)
+                for start in range(_HIST_PIECE, flat.size, _HIST_PIECE):
+                    counts += np.bincount(self._bins(flat[start : start + _HIST_PIECE]), minlength=self._hist.size)
+                with self._lock:
+                    self._hist += counts
+                    self.count += flat.size
+            return
+        with self._lock:
+            for start in range(0, flat.size, _PIECE):
+                self._update_float(flat[start : start + _PIECE])
 
     def _bins(self, piece: np.ndarray) -> np.ndarray:
         """Histogram bin of each value: ``value - min(dtype)``, without a widening copy."""

@@ -49,9 +49,17 @@ COMPRESSORS = ("blosc-zstd", "zstd", "lz4", "none")
 
 
 def compressors_for(name: str = "blosc-zstd") -> list[Any] | None:
-    """Return the zarr v3 codec list for a compressor name (one of :data:`COMPRESSORS`)."""
+    """Return the zarr v3 codec list for a compressor name (one of :data:`COMPRESSORS`).
+
+    ``blosc-zstd`` (the default) is Blosc with zstd at level 1, and the shuffle left to zarr, which picks it from the
+    dtype: bit shuffle for 1-byte values (labels: runs of equal bits), byte shuffle for wider ones (grey values).
+    Against the former zstd level 3 with bit shuffle, on 64³ chunks measured on one core: noisy 16-bit CT is
+    encoded 1.3-1.6x faster and stored in 91-93% of its size instead of 90%, but decoded at ~680 MB/s instead of
+    ~1800; 8-bit labels take 3.4% instead of 3.3%. ``lz4`` (Blosc lz4 with bit shuffle) encodes about 3x faster
+    again and decodes fastest, with 91% on the same 16-bit data but twice the size on labels (6.7%).
+    """
     if name == "blosc-zstd":
-        return [zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")]
+        return [zarr.codecs.BloscCodec(cname="zstd", clevel=1)]
     if name == "zstd":
         return [zarr.codecs.ZstdCodec(level=3)]
     if name == "lz4":

@@ -942,17 +942,28 @@ def test_sources_read_regions_without_memory_maps(tmp_path):
 # Shards
 
 
-def test_shards_round_trip_each_shard_written_once(tmp_path, monkeypatch):
-    vol = random_volume((37, 50, 45), "uint16")
-    np.save(tmp_path / "v.npy", vol)
+def spy_on_writes(monkeypatch) -> list[str]:
+    """Record the store keys of the chunk or shard files written, by rockseg's writer or by zarr."""
     writes = []
-    original = zarr.storage.LocalStore.set
+    original_file, original_set = formats._write_file, zarr.storage.LocalStore.set
+
+    def write_file(path, *parts):
+        writes.append("/".join(Path(path).parts[-4:]))
+        original_file(path, *parts)
 
     async def spy(self, key, value):
         writes.append(key)
-        return await original(self, key, value)
+        return await original_set(self, key, value)
 
+    monkeypatch.setattr(formats, "_write_file", write_file)
     monkeypatch.setattr(zarr.storage.LocalStore, "set", spy)
+    return writes
+
+
+def test_shards_round_trip_each_shard_written_once(tmp_path, monkeypatch):
+    vol = random_volume((37, 50, 45), "uint16")
+    np.save(tmp_path / "v.npy", vol)
+    writes = spy_on_writes(monkeypatch)
     convert(tmp_path / "v.npy", tmp_path / "s.zarr", chunks=(8, 16, 16), shards=(16, 32, 48))
     out = read_zarr(tmp_path / "s.zarr")
     assert out.chunks == (8, 16, 16) and out.shards == (16, 32, 48)  # X shard clipped to 3 chunks covering 45
@@ -984,20 +995,67 @@ def enospc(*args, **kwargs):
 def test_full_disk_while_writing_zarr(tmp_path, monkeypatch):
     vol = random_volume((20, 8, 9), "uint8")
     np.save(tmp_path / "v.npy", vol)
+    # chunk files written by rockseg's own writer
     calls = []
+    original_file = formats._write_file
+
+    def file_fills_up(path, *parts):
+        calls.append(path)
+        if len(calls) > 3:  # a few chunks fit, then the disk is full
+            enospc()
+        original_file(path, *parts)
+
+    monkeypatch.setattr(formats, "_write_file", file_fills_up)
+    monkeypatch.setattr(formats, "_WRITE_THREADS", 3)
+    msg = expect_error(tmp_path, formats.OutputWriteError, "cannot write .*out.zarr: No space left on device",
+                       tmp_path / "v.npy", chunks=(2, 4, 9))
+    assert "ENOSPC" in msg and "free space on the disk of" in msg and "partial output was removed" in msg
+    assert len(calls) > 3
+    # shard files, written by the one shard-writing thread
+    calls.clear()
+    msg = expect_error(tmp_path, formats.OutputWriteError, "cannot write .*out.zarr: No space left on device",
+                       tmp_path / "v.npy", chunks=(2, 4, 9), shards=(2, 8, 9))
+    assert "ENOSPC" in msg and len(calls) > 3
+    # chunks written by zarr, for codec chains rockseg's writer leaves to it
+    calls.clear()
     original = zarr.storage.LocalStore.set
 
     async def fills_up(self, key, value):
         calls.append(key)
-        if len(calls) > 4:  # metadata and a few chunks fit, then the disk is full
+        if key.startswith("c/") and len(calls) > 3:  # metadata and a few chunks fit, then the disk is full
             enospc()
         return await original(self, key, value)
 
     monkeypatch.setattr(zarr.storage.LocalStore, "set", fills_up)
+    monkeypatch.setattr(formats._ChunkFiles, "of", classmethod(lambda cls, array, root: None))
     msg = expect_error(tmp_path, formats.OutputWriteError, "cannot write .*out.zarr: No space left on device",
-                       tmp_path / "v.npy", chunks=(4, 8, 9))
-    assert "ENOSPC" in msg and "free space on the disk of" in msg and "partial output was removed" in msg
-    assert len(calls) > 4
+                       tmp_path / "v.npy", chunks=(2, 4, 9))
+    assert "ENOSPC" in msg and len(calls) > 3
+
+
+def test_no_chunk_is_written_after_a_failure(tmp_path, monkeypatch):
+    """A failed run waits for its writer threads before removing the partial store, so none writes after."""
+    import threading
+    import time
+
+    vol = random_volume((8, 40, 40), "uint16")
+    np.save(tmp_path / "v.npy", vol)
+    started, late = threading.Event(), []
+    original = formats._write_file
+
+    def slow_then_full(path, *parts):
+        if not started.is_set():
+            started.set()
+            enospc()
+        time.sleep(0.01)  # chunks already running when the failure is seen
+        original(path, *parts)
+        late.append(path.exists())
+
+    monkeypatch.setattr(formats, "_write_file", slow_then_full)
+    monkeypatch.setattr(formats, "_WRITE_THREADS", 4)
+    expect_error(tmp_path, formats.OutputWriteError, "No space left", tmp_path / "v.npy", chunks=(2, 5, 5))
+    assert len(late) < 4 * 8 * 8  # the chunks not started were cancelled
+    assert entries(tmp_path) == {"v.npy"}  # and the running ones finished before the store was removed
 
 
 @pytest.mark.parametrize("dest", ["o.tif", "o.nc", "o.raw", "o.npy"])
@@ -1081,6 +1139,7 @@ def test_slab_statistics_equal_numpy(monkeypatch, dtype):
     from rockseg.normalization import IntensityAccumulator
 
     monkeypatch.setattr(normalization, "_PIECE", 1000)  # many pieces per slab
+    monkeypatch.setattr(normalization, "_HIST_PIECE", 999)
     vol = random_volume((7, 30, 40), "uint8") > 128 if dtype == "bool" else random_volume((7, 30, 40), dtype)
     acc = IntensityAccumulator(vol.dtype, total=vol.size)
     for z in range(0, 7, 3):
@@ -1158,14 +1217,7 @@ def test_wide_slabs_are_written_in_bands_of_whole_chunk_rows(tmp_path, monkeypat
     assert src.regions[:3] == [((0, 4), (0, 6), (0, 6)), ((0, 4), (6, 12), (0, 6)), ((0, 4), (12, 18), (0, 6))]
     assert len(src.regions) == 3 * 4  # 3 slabs of 4 bands (6 rows = 2 chunk rows; 23 rows)
     # a shard row is the unit with shards: every shard is still written once
-    writes = []
-    original = zarr.storage.LocalStore.set
-
-    async def spy(self, key, value):
-        writes.append(key)
-        return await original(self, key, value)
-
-    monkeypatch.setattr(zarr.storage.LocalStore, "set", spy)
+    writes = spy_on_writes(monkeypatch)
     src = BandSource(vol)
     write_zarr(src, tmp_path / "s.zarr", chunks=(2, 3, 6), shards=(4, 6, 6))
     np.testing.assert_array_equal(read_zarr(tmp_path / "s.zarr")[:], vol)
@@ -1180,3 +1232,82 @@ def test_wide_slabs_are_written_in_bands_of_whole_chunk_rows(tmp_path, monkeypat
     vol.tofile(tmp_path / "v.raw")
     convert(tmp_path / "v.raw", tmp_path / "r.zarr", shape=vol.shape, dtype="uint16", chunks=(4, 3, 6))
     np.testing.assert_array_equal(read_zarr(tmp_path / "r.zarr")[:], vol)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The parallel chunk writer
+
+
+def chunk_files(store: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(store)): p.read_bytes() for p in sorted((store / "c").rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("compressor", ["blosc-zstd", "zstd", "lz4", "none"])
+@pytest.mark.parametrize("dtype", ["uint8", "int16", "float32"])
+def test_chunk_files_are_byte_for_byte_what_zarr_writes(tmp_path, compressor, dtype):
+    from rockseg.stores import compressors_for
+
+    cases = [((13, 17, 19), (5, 6, 7), None), ((9, 16), (4, 16), None), ((4, 8, 8), (4, 8, 8), None),
+             # shards: 3 x 2 x 3 chunks (a Morton order that skips codes), edge shards with chunks beyond the array
+             ((20, 15, 40), (4, 6, 8), (12, 12, 24)), ((9, 16), (4, 4), (8, 16))]
+    for shape, chunks, shards in cases:
+        vol = random_volume(shape, dtype)
+        vol.flat[:7] = 0  # a run zarr's own writer would also have to store
+        ours = write_zarr(vol, tmp_path / "ours.zarr", chunks=chunks, shards=shards, compressor=compressor,
+                          overwrite=True)
+        theirs = zarr.create_array(store=str(tmp_path / "theirs.zarr"), shape=shape, chunks=chunks, shards=shards,
+                                   dtype=vol.dtype, compressors=compressors_for(compressor), fill_value=0,
+                                   zarr_format=3, overwrite=True, config={"write_empty_chunks": True})
+        theirs[...] = vol
+        assert ours.metadata.codecs == theirs.metadata.codecs
+        mine, zarrs = chunk_files(tmp_path / "ours.zarr"), chunk_files(tmp_path / "theirs.zarr")
+        assert len(mine) == int(np.prod([-(-n // c) for n, c in zip(shape, shards or chunks)]))  # edges included
+        assert mine == zarrs
+        np.testing.assert_array_equal(ours[...], vol)
+
+
+def test_chunk_writer_leaves_other_codec_chains_to_zarr(tmp_path):
+    plain = zarr.create_array(store=str(tmp_path / "a.zarr"), shape=(8, 8), chunks=(4, 4), dtype="uint16")
+    sharded = zarr.create_array(store=str(tmp_path / "s.zarr"), shape=(8, 8), chunks=(4, 4), shards=(8, 8),
+                                dtype="uint16")
+    for array in (plain, sharded):
+        assert formats._ChunkFiles.of(array, tmp_path / "a.zarr") is not None
+    checked = zarr.create_array(store=str(tmp_path / "c.zarr"), shape=(8, 8), chunks=(4, 4), dtype="uint16",
+                                compressors=[zarr.codecs.ZstdCodec(), zarr.codecs.Crc32cCodec()])
+    index_first = zarr.create_array(store=str(tmp_path / "i.zarr"), shape=(8, 8), dtype="uint16", chunks=(8, 8),
+                                    compressors=None,
+                                    serializer=zarr.codecs.ShardingCodec(chunk_shape=(4, 4), index_location="start"))
+    in_memory = zarr.create_array(store=zarr.storage.MemoryStore(), shape=(8, 8), chunks=(4, 4), dtype="uint16")
+    for array in (checked, index_first, in_memory):
+        assert formats._ChunkFiles.of(array, tmp_path / "x.zarr") is None
+
+
+@pytest.mark.parametrize("dtype", ["uint16", "int8", "float32"])
+def test_statistics_from_the_chunk_threads_equal_one_pass(tmp_path, monkeypatch, dtype):
+    from rockseg.normalization import IntensityAccumulator
+
+    monkeypatch.setattr(formats, "_WRITE_THREADS", 4)
+    vol = random_volume((21, 30, 26), dtype)
+    vol[3, 4, 5] = np.iinfo(dtype).max if dtype != "float32" else 1e6  # an outlier in one chunk
+    out = write_zarr(vol, tmp_path / "v.zarr", chunks=(4, 7, 8))
+    one = IntensityAccumulator(vol.dtype, total=vol.size)
+    for z in range(0, 21, 4):  # slab by slab, in order, as one thread would
+        one.update(vol[z : z + 4])
+    assert out.attrs["intensity"] == one.result()  # exact, whatever the order the threads ran in
+
+
+def test_accumulator_updates_from_threads_in_any_order():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from rockseg.normalization import IntensityAccumulator
+
+    vol = random_volume((40, 33, 35), "int16")
+    acc = IntensityAccumulator(vol.dtype)
+    assert acc.exact
+    pieces = [vol[z, y : y + 5] for z in range(40) for y in range(0, 33, 5)]
+    order = rng.permutation(len(pieces))
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda i: acc.update(pieces[i]), order))
+    assert acc.count == vol.size
+    np.testing.assert_array_equal(acc._hist, np.bincount(vol.reshape(-1).astype(np.int64) + 32768, minlength=65536))
+    assert not IntensityAccumulator(np.dtype("float32")).exact
