@@ -102,7 +102,8 @@ def sandstone(work: Path, minutes: float) -> dict:
     t_tile, _ = rockseg("tile", work / "train_image.zarr", work / "train_labels.zarr", "-o", work / "tiles2d.zarr",
                         "--dims", "2", "--size", "128", "--val-fraction", "0.125", "--overwrite")
     t_train, out = rockseg("train", work / "tiles2d.zarr", "-o", work / "sandstone-2d.pt", "--dims", "2",
-                           "--max-minutes", minutes, "--device", "cpu", "--overwrite", quiet=False)
+                           "--batch-size", "8", "--lr", "2e-3", "--max-minutes", minutes, "--device", "cpu",
+                           "--overwrite", quiet=False)
     rockseg("predict", work / "test_image.zarr", "-m", work / "sandstone-2d.pt", "-o", work / "test_pred.zarr",
             "--device", "cpu", "--overwrite")
     _, out = rockseg("score", work / "test_pred.zarr", work / "test_labels.zarr", "--json", "--per-slice", "z")
@@ -154,8 +155,8 @@ def berea(work: Path, minutes_3d: float, minutes_2d: float) -> dict:
                               work / f"berea_pred{dims}d.zarr")
         t_tile, _ = rockseg("tile", work / "berea_train_image.zarr", work / "berea_train_labels.zarr", "-o", tiles,
                             "--dims", dims, "--size", size, "--overwrite")
-        t_train, _ = rockseg("train", tiles, "-o", model, "--dims", dims, "--max-minutes", minutes,
-                             "--device", "cpu", "--overwrite", quiet=False)
+        t_train, _ = rockseg("train", tiles, "-o", model, "--dims", dims, "--batch-size", 4 if dims == 3 else 8,
+                             "--lr", "2e-3", "--max-minutes", minutes, "--device", "cpu", "--overwrite", quiet=False)
         t_pred, _ = rockseg("predict", work / "berea_test_image.zarr", "-m", model, "-o", pred, "--device", "cpu",
                             "--overwrite")
         _, out = rockseg("score", pred, work / "berea_test_labels.zarr", "--json")
