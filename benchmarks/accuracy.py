@@ -37,6 +37,7 @@ SANDSTONE = DATA / "sandstone-versa"
 BEREA = DATA / "berea-400" / "berea_pore.tif"
 HELD_OUT = ("0100", "0300")
 SANDSTONE_PHASES = "0=pore,1=clay,2=quartz,3=pyrite"
+BLUR = 0.8  # voxels, the point-spread function of the simulated scanner
 
 
 def rockseg(*args: object, quiet: bool = True) -> tuple[float, str]:
@@ -117,20 +118,35 @@ def sandstone(work: Path, minutes: float) -> dict:
 def simulated_berea(labels: np.ndarray, seed: int = 0) -> np.ndarray:
     """A hard simulated micro-CT (uint8) of a pore (1) / grain (0) volume.
 
-    Grain grey 150, pore 60 before artefacts; Gaussian partial-volume blur sigma 1.2 voxels; beam-hardening cupping
-    darkening the slice centre by 25% against the corners (a single global threshold cannot fit both); rings of
-    amplitude 10 grey levels; noise of standard deviation 20 grey levels (a contrast-to-noise ratio of 4.5).
+    Grain grey 150, pore 60 before artefacts; Gaussian partial-volume blur of sigma :data:`BLUR` voxels;
+    beam-hardening cupping darkening the slice centre by 25% against the corners (a single global threshold cannot
+    fit both); rings of amplitude 10 grey levels; noise of standard deviation 20 grey levels (a contrast-to-noise
+    ratio of 4.5).
+
+    The blur sets a ceiling on what any segmentation can recover of Berea's thin throats: thresholding the
+    noise-free blurred labels at 0.5 gives a pore IoU of 0.976 at sigma 0.8, 0.944 at 1.0 and 0.911 at 1.2 on
+    the test half (the benchmark prints the figure for :data:`BLUR`). Sigma 0.8 is a sharp but real scanner;
+    the noise and the artefacts make it hard (Otsu's threshold reaches a pore IoU near 0.5).
     """
     from rockseg.synthetic import simulate_ct
 
-    return simulate_ct(labels.astype(np.uint8), seed=seed, blur=1.2, noise=20.0, grey=(150.0, 60.0),
+    return simulate_ct(labels.astype(np.uint8), seed=seed, blur=BLUR, noise=20.0, grey=(150.0, 60.0),
                        clay_texture=0.0, cupping=0.25, rings=10.0)
+
+
+def blur_ceiling(truth: np.ndarray) -> tuple[float, int]:
+    """Pore IoU and pore Euler number of the noise-free blurred labels thresholded at 0.5 (no artefacts)."""
+    from scipy.ndimage import gaussian_filter
+
+    seen = gaussian_filter(truth.astype(np.float32), BLUR) > 0.5
+    pore = truth == 1
+    return float((seen & pore).sum() / (seen | pore).sum()), int(euler_number(seen, connectivity=3))
 
 
 def berea(work: Path, minutes_3d: float, minutes_2d: float) -> dict:
     print("== berea-400: simulated CT of a real pore/grain volume; train on z < 200, score on z >= 200", flush=True)
     truth = tifffile.imread(BEREA)
-    image_tif = work / "berea_ct.tif"
+    image_tif = work / f"berea_ct_blur{BLUR}.tif"
     if not image_tif.exists():
         tifffile.imwrite(image_tif, simulated_berea(truth), compression="zlib")
     half = truth.shape[0] // 2
@@ -148,6 +164,9 @@ def berea(work: Path, minutes_3d: float, minutes_2d: float) -> dict:
     e_true = euler_number(test_truth == 1, connectivity=3)
     print(f"baseline Otsu threshold on the test half: pore IoU {iou:.4f}, pore Euler "
           f"{euler_number(otsu == 1, connectivity=3)} (true {e_true})", flush=True)
+    ceiling, e_ceiling = blur_ceiling(test_truth)
+    print(f"reference: the noise-free blurred labels (sigma {BLUR}) thresholded at 0.5: pore IoU {ceiling:.4f}, "
+          f"pore Euler {e_ceiling}", flush=True)
 
     docs = {}
     for dims, size, minutes in ((3, 48, minutes_3d), (2, 128, minutes_2d)):

@@ -33,7 +33,9 @@ import zarr
 from rockseg.models import build_model
 from rockseg.synthetic import synthetic_rock
 from rockseg.tiling import make_tiles, read_tiles
-from rockseg.training import TrainConfig, normalize_tiles, tile_normalization, train, use_bf16
+from rockseg.training import (
+    TrainConfig, normalize_tiles, tile_normalization, train, training_memory_format, use_bf16,
+)
 
 CASES = {
     "3d": dict(dims=3, rock=(64, 96, 96), size=32, base=8, batch=4),
@@ -80,7 +82,9 @@ def bare_steps_per_second(tiles: Path, case: dict, *, steps: int, device: str) -
         batches.append((x.to(dev), torch.from_numpy(arrays["train/labels"][idx].astype(np.int64)).to(dev)))
     torch.manual_seed(0)
     model = build_model("unet", spatial_dims=case["dims"], in_channels=1, classes=int(attrs["classes"]),
-                        base_channels=case["base"], depth=3).to(dev).train()
+                        base_channels=case["base"], depth=3)
+    # the same memory layout as rockseg's loop, so the ratio measures the loop, not the layout
+    model = model.to(dev, memory_format=training_memory_format(case["dims"])).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
 
     def step(x: torch.Tensor, y: torch.Tensor) -> None:
