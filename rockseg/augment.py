@@ -28,14 +28,13 @@ so one seed gives one result.
 
 from __future__ import annotations
 
-import difflib
 import math
 from dataclasses import dataclass, fields
 
 import numpy as np
 from scipy import ndimage as ndi
 
-from rockseg.errors import InputError
+from rockseg.errors import InputError, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -107,9 +106,7 @@ def preset(name: str | bool) -> AugmentConfig:
     if isinstance(name, bool):
         name = "basic" if name else "none"
     if name not in PRESETS:
-        close = difflib.get_close_matches(str(name), list(PRESETS), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise InputError(f"--augment {name!r} is unknown{hint}: choose one of {', '.join(PRESETS)}")
+        raise InputError(f"--augment {name!r} is unknown{did_you_mean(name, PRESETS)}: choose one of {', '.join(PRESETS)}")
     return PRESETS[name]
 
 

@@ -8,6 +8,15 @@ either (``except FileNotFoundError`` works for a missing input).
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
+
+def did_you_mean(value: object, choices: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the choice closest to a misspelt ``value``, or ``""`` when none is close."""
+    close = difflib.get_close_matches(str(value), list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
 
 class RocksegError(Exception):
     """Base class of every error a user can cause or fix."""

@@ -60,6 +60,7 @@ from typing import Any
 import numpy as np
 import zarr
 
+from rockseg.devices import available_cpus
 from rockseg.errors import InputError, MissingInputError, OutputWriteError, RocksegError
 from rockseg.normalization import IntensityAccumulator
 from rockseg.stores import (
@@ -128,8 +129,7 @@ _PREFETCH_BYTES = 256 << 20
 _SLICE_THREADS = 4
 # Threads that cut, count, compress and write the chunks of a Zarr output: the compressors, the copies and the file
 # writes release the GIL, so one thread per core keeps every core busy.
-_WRITE_THREADS = max(1, min(16, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else
-                            (os.cpu_count() or 1)))
+_WRITE_THREADS = max(1, min(16, available_cpus()))
 # Leave room for the tags and offsets of every page before the 4 GiB limit of classic TIFF.
 _BIGTIFF_THRESHOLD = (1 << 32) - (1 << 25)
 

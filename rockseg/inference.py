@@ -38,7 +38,7 @@ import numpy as np
 import torch
 import zarr
 
-from rockseg.devices import resolve_device
+from rockseg.devices import available_cpus, resolve_device
 from rockseg.errors import IncompleteError, InputError, MissingInputError, OutputExistsError
 from rockseg.models import file_sha256, model_from_payload, read_model_file, tile_multiple
 from rockseg.normalization import intensity_stats, normalize
@@ -414,7 +414,7 @@ class _Engine:
         payload = read_model_file(job.model)
         device = resolve_device(job.device)
         if device.type == "cpu":
-            torch.set_num_threads(os.cpu_count() or 1)
+            torch.set_num_threads(available_cpus())
         self.runner = TileRunner(
             model_from_payload(payload), spatial_dims=job.spatial_dims, device=device, precision=job.precision,
             probabilities=self.probs is not None, tta=job.tta, axis=job.axis,

@@ -29,7 +29,6 @@ A model file is one ``torch.save`` of a plain dict (no pickled classes), so it l
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import inspect
 import os
@@ -41,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rockseg.errors import InputError, MissingInputError
+from rockseg.errors import InputError, MissingInputError, did_you_mean
 
 FORMAT = "rockseg-model"
 FORMAT_VERSION = 1
@@ -110,10 +109,6 @@ def _act(kind: str, inplace: bool = True) -> nn.Module:
     raise InputError(f"unknown activation {kind!r}: choose relu or elu")
 
 
-def _did_you_mean(value: object, choices: Sequence[str]) -> str:
-    close = difflib.get_close_matches(str(value), list(choices), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
 
 def _check_args(
     arch: str, *, spatial_dims: int, in_channels: int, classes: int, base_channels: int, depth: int, norm: str,
@@ -130,10 +125,10 @@ def _check_args(
         span = f"between {min_depth} and {max_depth}" if max_depth is not None else f"at least {min_depth}"
         raise InputError(f"{arch}: depth must be {span}, not {depth!r}")
     if norm not in NORMS:
-        raise InputError(f"{arch}: unknown normalisation {norm!r}{_did_you_mean(norm, NORMS)}: "
+        raise InputError(f"{arch}: unknown normalisation {norm!r}{did_you_mean(norm, NORMS)}: "
                          f"choose {', '.join(NORMS)}")
     if act not in ACTIVATIONS:
-        raise InputError(f"{arch}: unknown activation {act!r}{_did_you_mean(act, ACTIVATIONS)}: "
+        raise InputError(f"{arch}: unknown activation {act!r}{did_you_mean(act, ACTIVATIONS)}: "
                          f"choose {', '.join(ACTIVATIONS)}")
 
 
@@ -143,7 +138,7 @@ def _check_encoder(arch: str, encoder: str | None, allowed: Sequence[str] = ENCO
     if encoder in ENCODERS:
         raise InputError(f"{arch} takes a ResNet encoder, not {encoder!r}: choose {' or '.join(allowed)}, "
                          f"or use the unet architecture for a {encoder} encoder")
-    raise InputError(f"{arch}: unknown encoder {encoder!r}{_did_you_mean(encoder, allowed)}: "
+    raise InputError(f"{arch}: unknown encoder {encoder!r}{did_you_mean(encoder, allowed)}: "
                      f"choose {', '.join(allowed)}, or None for the architecture's own encoder")
 
 
@@ -862,7 +857,7 @@ def build_model(arch: str, **arch_args: Any) -> nn.Module:
     if arch not in ARCHITECTURES:
         # the names in papers ("UNet++", "DeepLabV3+", "U-ResNet") map onto ours
         spelt = str(arch).lower().replace("-", "").replace("_", "").replace("++", "pp").replace("+", "plus")
-        hint = f" (did you mean {spelt!r}?)" if spelt in ARCHITECTURES else _did_you_mean(arch, list(ARCHITECTURES))
+        hint = f" (did you mean {spelt!r}?)" if spelt in ARCHITECTURES else did_you_mean(arch, list(ARCHITECTURES))
         raise InputError(f"unknown architecture {arch!r}{hint}: choose one of {', '.join(ARCHITECTURES)}")
     factory = ARCHITECTURES[arch]
     params = inspect.signature(factory).parameters
@@ -870,7 +865,7 @@ def build_model(arch: str, **arch_args: Any) -> nn.Module:
         unknown = sorted(set(arch_args) - set(params))
         if unknown:
             raise InputError(f"architecture {arch!r} takes no argument {unknown[0]!r}"
-                             f"{_did_you_mean(unknown[0], list(params))}: choose from {', '.join(params)}")
+                             f"{did_you_mean(unknown[0], list(params))}: choose from {', '.join(params)}")
     return factory(**arch_args)
 
 

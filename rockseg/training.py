@@ -34,7 +34,6 @@ Files written beside the model file ``MODEL.pt``:
 from __future__ import annotations
 
 import contextlib
-import difflib
 import inspect
 import json
 import math
@@ -56,8 +55,8 @@ from rockseg import models, stores
 from rockseg.augment import PRESETS as AUGMENT_PRESETS
 from rockseg.augment import AugmentConfig, preset
 from rockseg.augment import augment_batch as _augment
-from rockseg.devices import resolve_device
-from rockseg.errors import InputError, MissingInputError, OutputExistsError
+from rockseg.devices import available_cpus, resolve_device
+from rockseg.errors import InputError, MissingInputError, OutputExistsError, did_you_mean
 from rockseg.models import ARCHITECTURES, build_model, save_model_file
 from rockseg.tiling import read_tiles
 
@@ -80,14 +79,10 @@ CHECKPOINT_VERSION = 1
 RESUMABLE_CHANGES = ("epochs", "max_minutes", "device", "num_threads", "loader_threads")
 
 
-def _did_you_mean(value: str, choices: Sequence[str]) -> str:
-    close = difflib.get_close_matches(str(value), list(choices), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
 
 def _choice(name: str, value: Any, choices: Sequence[str]) -> None:
     if value not in choices:
-        raise InputError(f"--{name} {value!r} is unknown{_did_you_mean(value, choices)}: choose one of {', '.join(choices)}")
+        raise InputError(f"--{name} {value!r} is unknown{did_you_mean(value, choices)}: choose one of {', '.join(choices)}")
 
 
 @dataclass(frozen=True)
@@ -311,7 +306,7 @@ def parse_loss(text: str) -> tuple[str, ...]:
     for t in terms:
         if t not in LOSS_TERMS:
             raise InputError(
-                f"--loss {text!r}: {t!r} is not a loss{_did_you_mean(t, LOSS_TERMS)}: use one of "
+                f"--loss {text!r}: {t!r} is not a loss{did_you_mean(t, LOSS_TERMS)}: use one of "
                 f"{', '.join(LOSS_TERMS)} or a sum of them such as ce+dice"
             )
     if len(set(terms)) < len(terms):
@@ -553,13 +548,6 @@ class _Prefetcher:
 
 
 # --------------------------------------------------------------------------------------------- devices, processes
-def _available_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))  # respects Slurm/cgroup CPU sets, unlike os.cpu_count()
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
 @contextlib.contextmanager
 def _torch_threads(n: int) -> Iterator[None]:
     before = torch.get_num_threads()
@@ -688,11 +676,6 @@ def training_memory_format(dims: int) -> torch.memory_format:
     return torch.channels_last_3d if dims == 3 else torch.preserve_format
 
 
-def model_divisor(arch: str, arch_args: Mapping[str, Any]) -> int:
-    """The multiple that tile edges must be for ``arch`` (``2**depth`` for a UNet)."""
-    return int(models.tile_multiple(arch, dict(arch_args)))
-
-
 def _build(config: TrainConfig, arch_args: Mapping[str, Any], weights_file: Path | None) -> tuple[nn.Module, dict]:
     """Build the network (weights from the seeded torch RNG), load encoder weights and freeze as asked."""
     model = build_model(config.arch, **arch_args)
@@ -805,7 +788,7 @@ def train(
                                      act=config.act)
     if config.encoder is not None:
         arch_args["encoder"] = config.encoder  # only when given: architectures without encoders take no such argument
-    divisor = model_divisor(config.arch, arch_args)
+    divisor = models.tile_multiple(config.arch, arch_args)
     if size % divisor:
         raise InputError(
             f"tile set {tiles} has tiles of {size} voxels but --arch {config.arch} with --depth {config.depth} "
@@ -833,7 +816,7 @@ def train(
             torch.cuda.set_device(device)
         bf16 = use_bf16(config.precision, device)
         if device.type == "cpu":
-            threads = config.num_threads or max(1, _available_cpus() // dist_info.local_world)
+            threads = config.num_threads or max(1, available_cpus() // dist_info.local_world)
         else:
             threads = config.num_threads or torch.get_num_threads()
         fingerprint = {**{k: v for k, v in asdict(config).items() if k not in RESUMABLE_CHANGES},

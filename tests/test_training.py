@@ -529,7 +529,7 @@ def test_tile_for_rounds_up_to_the_divisor():
     assert training.tile_for(16, 3) == 64 and training.tile_for(16, 2) == 256
     assert training.tile_for(20, 3, multiple=16) == 64 and training.tile_for(300, 2, multiple=32) == 320
     assert training.tile_for(96, 3, multiple=32) == 96
-    assert training.model_divisor("unet", dict(spatial_dims=2, classes=2, base_channels=4, depth=4)) == 16
+    assert models.tile_multiple("unet", dict(spatial_dims=2, classes=2, base_channels=4, depth=4)) == 16
 
 
 def test_model_file_records_the_run(tilesets, tmp_path):
