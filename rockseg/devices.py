@@ -1,8 +1,10 @@
-"""Choosing the torch device from a ``--device`` option, and the CPUs this process may use."""
+"""Choosing the torch device from a ``--device`` option, the CPUs this process may use, and its allocator."""
 
 from __future__ import annotations
 
+import ctypes
 import os
+import sys
 from typing import TYPE_CHECKING
 
 from rockseg.errors import InputError
@@ -17,6 +19,41 @@ def available_cpus() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
+
+
+# glibc mallopt() parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
+# the same settings for a child process, through the environment (read by glibc at start-up)
+MALLOC_TUNABLES = "glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647"
+
+
+def tune_malloc() -> bool:
+    """Make glibc's allocator keep and reuse freed memory: one arena, no mmap for large blocks, no trimming.
+
+    Block-wise inference allocates and frees the same large arrays (blocks, tiles, activations) over and over.
+    Under glibc's defaults each thread gets its own arena and large arrays are mmap-ed afresh, so the process
+    pays a page fault per 4 KiB on every allocation and its resident memory creeps up with fragmentation as the
+    volume grows. With one arena that keeps what it frees, every block reuses the same memory: measured here,
+    a 3D UNet ran about 15 % faster and memory stopped growing with the volume (see benchmarks/predict_memory.py).
+
+    Call it at the start of a command, before other threads exist. It does nothing (and returns False) off
+    glibc, or when the environment already sets malloc tunables (``GLIBC_TUNABLES`` or ``MALLOC_*``), which
+    are left to win.
+    """
+    if not sys.platform.startswith("linux") or "malloc" in os.environ.get("GLIBC_TUNABLES", ""):
+        return False
+    if any(k.startswith("MALLOC_") for k in os.environ):  # MALLOC_ARENA_MAX, MALLOC_MMAP_THRESHOLD_...
+        return False
+    try:
+        libc = ctypes.CDLL(None)
+        libc.gnu_get_libc_version  # only glibc has it (musl's mallopt is a no-op)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    ok = mallopt(_M_ARENA_MAX, 1) and mallopt(_M_MMAP_MAX, 0)
+    ok = ok and mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)  # an int: 2 GiB is the largest glibc takes here
+    return bool(ok)
 
 
 def resolve_device(name: str) -> torch.device:

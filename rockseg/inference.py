@@ -20,9 +20,11 @@ volume segments it slice by slice (its tiles are one voxel thick along Z).
 from __future__ import annotations
 
 import contextlib
+import copy
 import itertools
 import math
 import os
+import queue
 import shutil
 import socket
 import threading
@@ -38,9 +40,9 @@ import numpy as np
 import torch
 import zarr
 
-from rockseg.devices import available_cpus, resolve_device
+from rockseg.devices import MALLOC_TUNABLES, available_cpus, resolve_device
 from rockseg.errors import IncompleteError, InputError, MissingInputError, OutputExistsError
-from rockseg.models import file_sha256, model_from_payload, read_model_file, tile_multiple
+from rockseg.models import file_sha256, fold_batch_norm, model_from_payload, read_model_file, tile_multiple
 from rockseg.normalization import intensity_stats, normalize
 from rockseg.progress import Reporter
 from rockseg.stores import (
@@ -193,8 +195,9 @@ class TileRunner:
     """Runs batches of tiles through the network and returns labels (and probabilities when asked).
 
     One runner holds the model once; calls are serialised with a lock so that several blocks can be read and
-    written by other threads while one batch runs. The network runs in channels-last memory layout (faster for
-    convolutions on CPU and GPU) and, where ``precision`` says so, under bf16 autocast.
+    written by other threads while one batch runs. The runner works on its own copy of the network with batch
+    norm folded into the convolutions, in channels-last memory layout (faster for convolutions on CPU and GPU)
+    and, where ``precision`` says so, under bf16 autocast.
 
     Parameters
     ----------
@@ -213,7 +216,11 @@ class TileRunner:
         self.probabilities = probabilities
         self.axis = axis
         fmt = torch.channels_last_3d if spatial_dims == 3 else torch.channels_last
-        self.model = model.to(device).eval().to(memory_format=fmt)
+        # a copy, so that folding batch norm into the convolutions (one pass less over every activation: 10-25 %
+        # faster on a CPU) leaves the caller's model as it was
+        self.model = copy.deepcopy(model).to(device).eval()
+        self.folded = fold_batch_norm(self.model)
+        self.model = self.model.to(memory_format=fmt)
         self.memory_format = fmt
         self.flips = [()]
         if tta:
@@ -421,6 +428,20 @@ class _Engine:
         )
         self.markers = Path(job.out) / MARKER_DIR / "done"
         self.pool = TilePool(self.runner, job.batch_size)
+        self.buffers: queue.SimpleQueue[BlockBuffers] = queue.SimpleQueue()
+
+    @contextlib.contextmanager
+    def _buffers(self) -> Iterator[BlockBuffers]:
+        """A free set of block buffers (made on first need: as many as blocks are ever in flight at once)."""
+        try:
+            buffers = self.buffers.get_nowait()
+        except queue.Empty:
+            classes = self.probs.shape[0] if self.probs is not None else 0
+            buffers = BlockBuffers(self.job.grid, self.job.block, classes, with_mask=self.mask is not None)
+        try:
+            yield buffers
+        finally:
+            self.buffers.put(buffers)
 
     def _global(self, box: Sequence[slice]) -> tuple[slice, ...]:
         """Region coordinates (Z, Y, X) -> the volume's own index (a 2D volume drops Z)."""
@@ -441,19 +462,22 @@ class _Engine:
     def run_block(self, index: Triple) -> tuple[int, str]:
         grid = self.job.grid
         region = block_region(index, grid.shape, self.job.block)
-        keep = None
-        if self.mask is not None:
-            keep = np.asarray(self.mask[self._global(region)]).astype(bool)
-            keep = keep[None] if self.flat else keep
-        with self.pool.block():
-            labels, probs = predict_region(
-                region, grid=grid, read=self.read, stats=self.stats, run_tiles=self.pool, keep=keep,
-            )
-        target = region[1:] if self.flat else region
-        if self.probs is not None and probs is not None:
-            q = np.rint(probs * np.float32(255)).astype(np.uint8)
-            self.probs[(slice(None), *target)] = q[:, 0] if self.flat else q
-        self.out[target] = labels[0] if self.flat else labels
+        with self._buffers() as buffers:
+            keep = None
+            if self.mask is not None:
+                assert buffers.keep is not None
+                keep = buffers.keep[tuple(slice(0, r.stop - r.start) for r in region)]
+                np.not_equal(np.asarray(self.mask[self._global(region)]).reshape(keep.shape), 0, out=keep)
+            with self.pool.block():
+                labels, probs = predict_region(
+                    region, grid=grid, read=self.read, stats=self.stats, run_tiles=self.pool, keep=keep,
+                    buffers=buffers,
+                )
+            target = region[1:] if self.flat else region
+            if self.probs is not None and probs is not None:
+                q = np.rint(probs * np.float32(255)).astype(np.uint8)
+                self.probs[(slice(None), *target)] = q[:, 0] if self.flat else q
+            self.out[target] = labels[0] if self.flat else labels
         (self.markers / ".".join(map(str, index))).touch()
         return int(labels.size), self.runner.precision or self.job.precision
 
@@ -471,18 +495,37 @@ def run_block(job: BlockJob, index: Triple) -> tuple[int, str]:
     return engine.run_block(index)
 
 
-TileResults = list[tuple[np.ndarray, "np.ndarray | None"]]
+# receives each tile's results as soon as its batch has run: (tile number, labels, probabilities or None)
+Sink = Callable[[int, np.ndarray, "np.ndarray | None"], None]
+
+
+class BlockBuffers:
+    """The arrays one block in flight works in, made once and reused block after block.
+
+    Arrays that live as long as a block (its normalised input, its labels) are the ones that fragment the heap
+    when they are allocated afresh for every block while the network allocates and frees its activations around
+    them; reused, they keep the process's memory flat however large the volume.
+    """
+
+    def __init__(self, grid: TileGrid, block: Triple, classes: int = 0, with_mask: bool = False) -> None:
+        # the most tiles a block can meet along an axis: block / step when the block is a multiple of the step
+        # (blocks then start on tile boundaries), one more than its ceiling otherwise; n tiles read n * step + 2 halo
+        tiles = [b // s if b % s == 0 else -(-b // s) + 1 for b, s in zip(block, grid.step)]
+        self.data = np.empty(tuple(n * s + 2 * h for n, s, h in zip(tiles, grid.step, grid.halo)), np.float32)
+        self.labels = np.empty(block, np.uint8)
+        self.probs = np.empty((classes, *block), np.float32) if classes else None
+        self.keep = np.empty(block, bool) if with_mask else None
 
 
 def run_in_batches(
     runner: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]], tiles: list[np.ndarray], batch_size: int,
-) -> TileResults:
-    """Run tiles through ``runner`` in batches of ``batch_size``; one (labels, probabilities) per tile."""
-    out: TileResults = []
+    sink: Sink,
+) -> None:
+    """Run tiles through ``runner`` in batches of ``batch_size``, handing each tile's results to ``sink``."""
     for start in range(0, len(tiles), batch_size):
         labels, probs = runner(np.stack(tiles[start : start + batch_size])[:, None])
-        out.extend((labels[i], None if probs is None else probs[i]) for i in range(len(labels)))
-    return out
+        for i in range(len(labels)):
+            sink(start + i, labels[i], None if probs is None else probs[i])
 
 
 class TilePool:
@@ -490,18 +533,20 @@ class TilePool:
 
     A block cut into 27 tiles with batches of 2 would end on a batch of one, which costs a CPU about 30 % more
     per tile; here its last tile waits for the next block's first. Each block still gets exactly its own tiles'
-    results and writes its own chunk: only the batching is shared. A partial batch runs as soon as no other block
-    is being read (nothing more can come soon).
+    results (through its sink, right after their batch) and writes its own chunk: only the batching is shared. A
+    partial batch runs as soon as no other block is being read (nothing more can come soon). The batch is
+    stacked into one reused array.
     """
 
     def __init__(self, runner: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]], batch_size: int) -> None:
         self.runner, self.batch_size = runner, batch_size
         self.cv = threading.Condition()
-        self.queue: list[tuple[np.ndarray, list[Any]]] = []
+        self.queue: list[tuple[np.ndarray, int, Sink, list[int]]] = []
         self.preparing = 0
         self.running = False
         self.error: BaseException | None = None
         self._local = threading.local()
+        self._stack: np.ndarray | None = None
 
     @contextlib.contextmanager
     def block(self) -> Iterator[None]:
@@ -517,10 +562,18 @@ class TilePool:
                     self.preparing -= 1
                 self.cv.notify_all()
 
-    def __call__(self, tiles: list[np.ndarray]) -> TileResults:
-        holders: list[list[Any]] = [[None] for _ in tiles]
+    def _batch(self, tiles: list[np.ndarray]) -> np.ndarray:
+        shape = (self.batch_size, 1, *tiles[0].shape)
+        if self._stack is None or self._stack.shape != shape:
+            self._stack = np.empty(shape, np.float32)
+        out = self._stack[: len(tiles)]
+        np.stack(tiles, out=out[:, 0])
+        return out
+
+    def __call__(self, tiles: list[np.ndarray], sink: Sink) -> None:
+        remaining = [len(tiles)]
         with self.cv:
-            self.queue.extend(zip(tiles, holders))
+            self.queue.extend((t, i, sink, remaining) for i, t in enumerate(tiles))
             if not getattr(self._local, "submitted", True):
                 self._local.submitted = True
                 self.preparing -= 1
@@ -530,30 +583,33 @@ class TilePool:
                 while True:
                     if self.error is not None:
                         raise self.error
-                    if all(h[0] is not None for h in holders):
-                        return [h[0] for h in holders]
+                    if remaining[0] == 0:
+                        return
                     if not self.running and (len(self.queue) >= self.batch_size or (self.queue and self.preparing == 0)):
                         batch, self.queue = self.queue[: self.batch_size], self.queue[self.batch_size :]
                         self.running = True
                         break
                     self.cv.wait()
             try:
-                labels, probs = self.runner(np.stack([t for t, _ in batch])[:, None])
+                labels, probs = self.runner(self._batch([t for t, *_ in batch]))
+                for k, (_, i, tile_sink, _) in enumerate(batch):
+                    tile_sink(i, labels[k], None if probs is None else probs[k])
             except BaseException as exc:
                 with self.cv:
                     self.error, self.running = exc, False
                     self.cv.notify_all()
                 raise
             with self.cv:
-                for i, (_, holder) in enumerate(batch):
-                    holder[0] = (labels[i], None if probs is None else probs[i])
+                for *_, left in batch:
+                    left[0] -= 1
                 self.running = False
                 self.cv.notify_all()
 
 
 def predict_region(
     region: tuple[slice, ...], *, grid: TileGrid, read: Callable[[tuple[slice, ...]], np.ndarray],
-    stats: dict[str, Any], run_tiles: Callable[[list[np.ndarray]], TileResults], keep: np.ndarray | None = None,
+    stats: dict[str, Any], run_tiles: Callable[[list[np.ndarray], Sink], None], keep: np.ndarray | None = None,
+    buffers: BlockBuffers | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Labels (and probabilities) of one region from the global tile grid.
 
@@ -561,10 +617,13 @@ def predict_region(
     ----------
     region : three slices of the grid's (Z, Y, X) region.
     read : reads a box (three slices, volume coordinates) of the raw volume.
-    run_tiles : maps a list of normalised tiles (Tz, Ty, Tx) to a list of (labels, probabilities or None), one
-        per tile (:func:`run_in_batches`, or a :class:`TilePool` shared by the blocks in flight).
+    run_tiles : runs a list of normalised tiles (Tz, Ty, Tx) and hands each tile's (labels, probabilities or
+        None) to a sink (:func:`run_in_batches` with a runner, or a :class:`TilePool` shared by the blocks in
+        flight).
     keep : optional (z, y, x) bool mask of the region; tiles whose kept centre has no voxel to keep are not run,
         and voxels not kept are labelled :data:`OUTSIDE` (probabilities 0).
+    buffers : arrays to work in (:class:`BlockBuffers` of a block at least this large); the results are views
+        of them, valid until they are reused. Default: new arrays.
 
     Returns
     -------
@@ -572,8 +631,12 @@ def predict_region(
     """
     step, halo, tile = grid.step, grid.halo, grid.tile
     rshape = tuple(r.stop - r.start for r in region)
-    labels = np.full(rshape, OUTSIDE, np.uint8)
-    probs: np.ndarray | None = None
+    if buffers is None:
+        labels = np.full(rshape, OUTSIDE, np.uint8)
+    else:
+        labels = buffers.labels[tuple(slice(0, n) for n in rshape)]
+        labels.fill(OUTSIDE)
+    out: dict[str, np.ndarray] = {}
     ks = grid.tiles_meeting(region)
 
     def kept(k: Sequence[int]) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
@@ -586,23 +649,35 @@ def predict_region(
 
     origins = [k for k in itertools.product(*ks) if keep is None or keep[kept(k)[0]].any()]
     if not origins:
-        return labels, probs
+        return labels, None
     index = grid.input_index(ks)
     box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in index)
     raw = read(box)
-    data = normalize(raw[np.ix_(*(i - b.start for i, b in zip(index, box)))], stats)
+    if not all(len(i) == b.stop - b.start and i[0] == b.start and i[-1] == b.stop - 1 for i, b in zip(index, box)):
+        raw = raw[np.ix_(*(i - b.start for i, b in zip(index, box)))]  # mirrored beyond a face of the volume
+    data = None if buffers is None else buffers.data[tuple(slice(0, n) for n in raw.shape)]
+    data = normalize(raw, stats, out=data)
     del raw
     tiles = [
         data[tuple(slice((kk - kr.start) * s, (kk - kr.start) * s + t) for kk, kr, s, t in zip(k, ks, step, tile))]
         for k in origins
     ]
-    for k, (tile_labels, tile_probs) in zip(origins, run_tiles(tiles)):
-        if tile_probs is not None and probs is None:
-            probs = np.zeros((tile_probs.shape[0], *rshape), np.float32)
-        dst, src = kept(k)
+
+    def sink(i: int, tile_labels: np.ndarray, tile_probs: np.ndarray | None) -> None:
+        dst, src = kept(origins[i])
         labels[dst] = tile_labels[src]
-        if probs is not None and tile_probs is not None:
-            probs[(slice(None), *dst)] = tile_probs[(slice(None), *src)]
+        if tile_probs is not None:
+            if "probs" not in out:
+                shape = (tile_probs.shape[0], *rshape)
+                if buffers is not None and buffers.probs is not None and buffers.probs.shape[0] == shape[0]:
+                    out["probs"] = buffers.probs[tuple(slice(0, n) for n in shape)]
+                    out["probs"].fill(0)
+                else:
+                    out["probs"] = np.zeros(shape, np.float32)
+            out["probs"][(slice(None), *dst)] = tile_probs[(slice(None), *src)]
+
+    run_tiles(tiles, sink)
+    probs = out.get("probs")
     if keep is not None:
         labels[~keep] = OUTSIDE
         if probs is not None:
@@ -903,6 +978,8 @@ def _device_cluster(devices: Sequence[str]) -> Any:
     workers = {}
     for i, dev in enumerate(devices):
         env = {"CUDA_VISIBLE_DEVICES": dev.partition(":")[2] or "0"} if dev.startswith("cuda") else {}
+        if "GLIBC_TUNABLES" not in os.environ:
+            env["GLIBC_TUNABLES"] = MALLOC_TUNABLES  # what tune_malloc() does in this process
         workers[f"device-{i}"] = {"cls": Nanny, "options": {"nthreads": 1, "env": env}}
     return SpecCluster(workers=workers, scheduler={"cls": Scheduler, "options": {"dashboard_address": None}})
 

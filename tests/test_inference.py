@@ -40,6 +40,21 @@ def test_tile_grid_covers_each_voxel_once():
     assert idx[0][0] == 2 and len(idx[0]) == 12 + 16  # starts at -2, mirrored to 2
 
 
+def test_block_buffers_hold_every_block_of_any_grid():
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        shape = tuple(int(v) for v in rng.integers(5, 90, 3))
+        tile = int(rng.integers(3, 20))
+        halo = int(rng.integers(0, (tile - 1) // 2 + 1))
+        block = tuple(min(int(rng.integers(1, 60)), n) for n in shape)
+        grid = TileGrid(shape, (tile,) * 3, (halo,) * 3)
+        buffers = inference.BlockBuffers(grid, block)
+        for index in inference.block_grid(shape, block):
+            region = inference.block_region(index, shape, block)
+            need = [len(i) for i in grid.input_index(grid.tiles_meeting(region))]
+            assert all(n <= b for n, b in zip(need, buffers.data.shape)), (shape, tile, halo, block, index)
+
+
 @pytest.mark.parametrize("block", [12, 20, 24, 64])
 def test_boxsum_exact_for_any_block(tmp_path, boxsum, block):
     data = binary_volume(tmp_path / "v.zarr", (23, 30, 17), chunks=(8, 8, 8))
@@ -361,3 +376,19 @@ def test_output_under_a_file_is_refused(tmp_path, boxsum):
     (tmp_path / "file").write_text("x")
     with pytest.raises(InputError, match="is a file, not a folder"):
         predict(tmp_path / "v.zarr", tmp_path / "file" / "p.zarr", model=model)
+
+
+def test_tune_malloc_applies_on_glibc_and_yields_to_the_environment():
+    import platform
+    import subprocess
+    import sys
+
+    code = "from rockseg.devices import tune_malloc; print(tune_malloc())"
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES" and not k.startswith("MALLOC_")}
+    ran = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    glibc = platform.libc_ver()[0] == "glibc"
+    assert ran.stdout.strip() == str(glibc)
+    for extra in ({"GLIBC_TUNABLES": "glibc.malloc.arena_max=4"}, {"MALLOC_ARENA_MAX": "4"}):
+        ran = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**env, **extra},
+                             check=True)
+        assert ran.stdout.strip() == "False", extra
