@@ -39,8 +39,9 @@ import dask
 import numpy as np
 import torch
 import zarr
+from zarr.core.buffer.cpu import NDBuffer
 
-from rockseg.devices import MALLOC_TUNABLES, available_cpus, resolve_device
+from rockseg.devices import MALLOC_TUNABLES, available_cpus, release_free_memory, resolve_device, tune_malloc
 from rockseg.errors import IncompleteError, InputError, MissingInputError, OutputExistsError
 from rockseg.models import file_sha256, fold_batch_norm, model_from_payload, read_model_file, tile_multiple
 from rockseg.normalization import intensity_stats, normalize
@@ -428,6 +429,8 @@ class _Engine:
         )
         self.markers = Path(job.out) / MARKER_DIR / "done"
         self.pool = TilePool(self.runner, job.batch_size)
+        if os.environ.get("GLIBC_TUNABLES") == MALLOC_TUNABLES:  # a --devices worker: trim after each block
+            tune_malloc()
         self.buffers: queue.SimpleQueue[BlockBuffers] = queue.SimpleQueue()
 
     @contextlib.contextmanager
@@ -437,7 +440,8 @@ class _Engine:
             buffers = self.buffers.get_nowait()
         except queue.Empty:
             classes = self.probs.shape[0] if self.probs is not None else 0
-            buffers = BlockBuffers(self.job.grid, self.job.block, classes, with_mask=self.mask is not None)
+            buffers = BlockBuffers(self.job.grid, self.job.block, classes, with_mask=self.mask is not None,
+                                   dtype=self.volume.dtype)
         try:
             yield buffers
         finally:
@@ -448,9 +452,16 @@ class _Engine:
         g = tuple(slice(b.start + o, b.stop + o) for b, o in zip(box, self.job.grid.origin))
         return g[1:] if self.flat else g
 
-    def read(self, box: tuple[slice, ...]) -> np.ndarray:
-        """Read a (Z, Y, X) box of the input given in volume coordinates (a 2D input is one plane)."""
-        data = np.asarray(self.volume[box[1:]])[None] if self.flat else np.asarray(self.volume[box])
+    def read(self, box: tuple[slice, ...], out: np.ndarray | None = None) -> np.ndarray:
+        """Read a (Z, Y, X) box of the input given in volume coordinates (a 2D input is one plane), into ``out``
+        (C-contiguous, the box's shape) when given."""
+        sel = box[1:] if self.flat else box
+        if out is None:
+            data = np.asarray(self.volume[sel])
+        else:
+            target = out[0] if self.flat else out
+            data = np.asarray(self.volume.get_basic_selection(sel, out=NDBuffer.from_numpy_array(target)))
+        data = data[None] if self.flat else data
         if data.dtype.kind == "f" and not np.isfinite(data).all():
             where = ",".join(f"{b.start}:{b.stop}" for b in box)
             raise InputError(
@@ -465,8 +476,7 @@ class _Engine:
         with self._buffers() as buffers:
             keep = None
             if self.mask is not None:
-                assert buffers.keep is not None
-                keep = buffers.keep[tuple(slice(0, r.stop - r.start) for r in region)]
+                keep = buffers.keep([r.stop - r.start for r in region])
                 np.not_equal(np.asarray(self.mask[self._global(region)]).reshape(keep.shape), 0, out=keep)
             with self.pool.block():
                 labels, probs = predict_region(
@@ -479,6 +489,7 @@ class _Engine:
                 self.probs[(slice(None), *target)] = q[:, 0] if self.flat else q
             self.out[target] = labels[0] if self.flat else labels
         (self.markers / ".".join(map(str, index))).touch()
+        release_free_memory()
         return int(labels.size), self.runner.precision or self.job.precision
 
 
@@ -507,14 +518,39 @@ class BlockBuffers:
     them; reused, they keep the process's memory flat however large the volume.
     """
 
-    def __init__(self, grid: TileGrid, block: Triple, classes: int = 0, with_mask: bool = False) -> None:
+    def __init__(self, grid: TileGrid, block: Triple, classes: int = 0, with_mask: bool = False,
+                 dtype: np.dtype[Any] | None = None) -> None:
         # the most tiles a block can meet along an axis: block / step when the block is a multiple of the step
         # (blocks then start on tile boundaries), one more than its ceiling otherwise; n tiles read n * step + 2 halo
         tiles = [b // s if b % s == 0 else -(-b // s) + 1 for b, s in zip(block, grid.step)]
-        self.data = np.empty(tuple(n * s + 2 * h for n, s, h in zip(tiles, grid.step, grid.halo)), np.float32)
-        self.labels = np.empty(block, np.uint8)
-        self.probs = np.empty((classes, *block), np.float32) if classes else None
-        self.keep = np.empty(block, bool) if with_mask else None
+        self.box: Triple = tuple(n * s + 2 * h for n, s, h in zip(tiles, grid.step, grid.halo))  # type: ignore
+        self.block = block
+        self._data = np.empty(math.prod(self.box), np.float32)
+        self._raw = np.empty(math.prod(self.box), dtype) if dtype is not None else None
+        self._labels = np.empty(math.prod(block), np.uint8)
+        self._probs = np.empty(classes * math.prod(block), np.float32) if classes else None
+        self._keep = np.empty(math.prod(block), bool) if with_mask else None
+
+    @staticmethod
+    def _view(flat: np.ndarray | None, shape: Sequence[int]) -> np.ndarray | None:
+        """A C-contiguous array of ``shape`` at the start of ``flat`` (None if it has no buffer or is too small)."""
+        n = math.prod(shape)
+        return None if flat is None or n > flat.size else flat[:n].reshape(tuple(shape))
+
+    def data(self, shape: Sequence[int]) -> np.ndarray | None:
+        return self._view(self._data, shape)
+
+    def raw(self, shape: Sequence[int]) -> np.ndarray | None:
+        return self._view(self._raw, shape)
+
+    def labels(self, shape: Sequence[int]) -> np.ndarray | None:
+        return self._view(self._labels, shape)
+
+    def probs(self, shape: Sequence[int]) -> np.ndarray | None:
+        return self._view(self._probs, shape)
+
+    def keep(self, shape: Sequence[int]) -> np.ndarray | None:
+        return self._view(self._keep, shape)
 
 
 def run_in_batches(
@@ -631,11 +667,10 @@ def predict_region(
     """
     step, halo, tile = grid.step, grid.halo, grid.tile
     rshape = tuple(r.stop - r.start for r in region)
-    if buffers is None:
-        labels = np.full(rshape, OUTSIDE, np.uint8)
-    else:
-        labels = buffers.labels[tuple(slice(0, n) for n in rshape)]
-        labels.fill(OUTSIDE)
+    labels = buffers.labels(rshape) if buffers is not None else None
+    if labels is None:
+        labels = np.empty(rshape, np.uint8)
+    labels.fill(OUTSIDE)
     out: dict[str, np.ndarray] = {}
     ks = grid.tiles_meeting(region)
 
@@ -652,11 +687,12 @@ def predict_region(
         return labels, None
     index = grid.input_index(ks)
     box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in index)
-    raw = read(box)
-    if not all(len(i) == b.stop - b.start and i[0] == b.start and i[-1] == b.stop - 1 for i, b in zip(index, box)):
+    shape = tuple(b.stop - b.start for b in box)
+    raw_out = buffers.raw(shape) if buffers is not None else None
+    raw = read(box) if raw_out is None else read(box, out=raw_out)
+    if not all(len(i) == n and i[0] == b.start for i, b, n in zip(index, box, shape)):
         raw = raw[np.ix_(*(i - b.start for i, b in zip(index, box)))]  # mirrored beyond a face of the volume
-    data = None if buffers is None else buffers.data[tuple(slice(0, n) for n in raw.shape)]
-    data = normalize(raw, stats, out=data)
+    data = normalize(raw, stats, out=buffers.data(raw.shape) if buffers is not None else None)
     del raw
     tiles = [
         data[tuple(slice((kk - kr.start) * s, (kk - kr.start) * s + t) for kk, kr, s, t in zip(k, ks, step, tile))]
@@ -669,11 +705,9 @@ def predict_region(
         if tile_probs is not None:
             if "probs" not in out:
                 shape = (tile_probs.shape[0], *rshape)
-                if buffers is not None and buffers.probs is not None and buffers.probs.shape[0] == shape[0]:
-                    out["probs"] = buffers.probs[tuple(slice(0, n) for n in shape)]
-                    out["probs"].fill(0)
-                else:
-                    out["probs"] = np.zeros(shape, np.float32)
+                reused = buffers.probs(shape) if buffers is not None else None
+                out["probs"] = np.zeros(shape, np.float32) if reused is None else reused
+                out["probs"].fill(0)
             out["probs"][(slice(None), *dst)] = tile_probs[(slice(None), *src)]
 
     run_tiles(tiles, sink)
