@@ -398,3 +398,28 @@ def test_tune_malloc_applies_on_glibc_and_yields_to_the_environment():
     ran = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={**env, "GLIBC_TUNABLES": MALLOC_TUNABLES}, check=True)
     assert ran.stdout.strip() == str(glibc)
+
+
+def test_release_free_memory_trims_only_after_memory_crept():
+    import platform
+    import subprocess
+    import sys
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("malloc tuning is glibc-only")
+    code = """
+import numpy as np
+from rockseg import devices
+assert devices.tune_malloc()
+assert not any(devices.release_free_memory() for _ in range(4))  # settling: records the working set
+assert not devices.release_free_memory()  # no growth: nothing to do
+kept = [np.ones(5_000_000) for _ in range(8)]
+del kept[:7]  # 280 MB of free heap below a live array: a tuned heap keeps it resident
+before = devices._rss_bytes()
+assert devices.release_free_memory()
+print(before - devices._rss_bytes())
+"""
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES" and not k.startswith("MALLOC_")}
+    ran = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert ran.returncode == 0, ran.stderr
+    assert int(ran.stdout) > 200 * 2**20  # the free pages went back to the system
