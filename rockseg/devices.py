@@ -63,36 +63,20 @@ def tune_malloc() -> bool:
 
 
 _malloc_trim: Any = None
-_rss_calls = 0
-_rss_baseline = 0
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def release_free_memory(growth: float = 0.05, settle: int = 4) -> bool:
-    """After :func:`tune_malloc`, hand the heap's free pages back when resident memory has crept up.
+def release_free_memory() -> None:
+    """After :func:`tune_malloc`, hand the heap's free pages back to the system (glibc ``malloc_trim``).
 
     A heap that never trims keeps the holes that fragmentation leaves between live arrays, so over many blocks
-    its resident memory creeps up. Call this after each block: the first ``settle`` calls record the working set
-    (the largest resident size seen); after that, when the resident size exceeds it by more than ``growth``, glibc's
-    ``malloc_trim`` returns every free page (those pages then cost one page fault each when reused, which is why
-    it is not done after every block). Returns whether it trimmed; does nothing when the allocator was not tuned.
+    its resident memory creeps up. Called after each block, this returns every free page; the pages then cost
+    one page fault each when the next block reuses them (about 5 % of the speed of the shipped model on a
+    2-core CPU), instead of one per allocation as under glibc's defaults. A trim only when memory had grown 5 %
+    past the first blocks' was faster but let single runs peak 25 % higher. Does nothing when the allocator was
+    not tuned.
     """
-    global _rss_calls, _rss_baseline
-    if _malloc_trim is None:
-        return False
-    rss = _rss_bytes()
-    _rss_calls += 1
-    if _rss_calls <= settle:
-        _rss_baseline = max(_rss_baseline, rss)
-        return False
-    if rss <= _rss_baseline * (1 + growth):
-        return False
-    _malloc_trim(0)
-    return True
+    if _malloc_trim is not None:
+        _malloc_trim(0)
 
 
 def resolve_device(name: str) -> torch.device:
