@@ -220,7 +220,7 @@ class TileRunner:
         # a copy, so that folding batch norm into the convolutions (one pass less over every activation: 10-25 %
         # faster on a CPU) leaves the caller's model as it was
         self.model = copy.deepcopy(model).to(device).eval()
-        self.folded = fold_batch_norm(self.model)
+        fold_batch_norm(self.model)
         self.model = self.model.to(memory_format=fmt)
         self.memory_format = fmt
         self.flips = [()]
@@ -524,7 +524,6 @@ class BlockBuffers:
         # (blocks then start on tile boundaries), one more than its ceiling otherwise; n tiles read n * step + 2 halo
         tiles = [b // s if b % s == 0 else -(-b // s) + 1 for b, s in zip(block, grid.step)]
         self.box: Triple = tuple(n * s + 2 * h for n, s, h in zip(tiles, grid.step, grid.halo))  # type: ignore
-        self.block = block
         self._data = np.empty(math.prod(self.box), np.float32)
         self._raw = np.empty(math.prod(self.box), dtype) if dtype is not None else None
         self._labels = np.empty(math.prod(block), np.uint8)
@@ -551,17 +550,6 @@ class BlockBuffers:
 
     def keep(self, shape: Sequence[int]) -> np.ndarray | None:
         return self._view(self._keep, shape)
-
-
-def run_in_batches(
-    runner: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]], tiles: list[np.ndarray], batch_size: int,
-    sink: Sink,
-) -> None:
-    """Run tiles through ``runner`` in batches of ``batch_size``, handing each tile's results to ``sink``."""
-    for start in range(0, len(tiles), batch_size):
-        labels, probs = runner(np.stack(tiles[start : start + batch_size])[:, None])
-        for i in range(len(labels)):
-            sink(start + i, labels[i], None if probs is None else probs[i])
 
 
 class TilePool:
@@ -654,8 +642,7 @@ def predict_region(
     region : three slices of the grid's (Z, Y, X) region.
     read : reads a box (three slices, volume coordinates) of the raw volume.
     run_tiles : runs a list of normalised tiles (Tz, Ty, Tx) and hands each tile's (labels, probabilities or
-        None) to a sink (:func:`run_in_batches` with a runner, or a :class:`TilePool` shared by the blocks in
-        flight).
+        None) to a sink (a :class:`TilePool` shared by the blocks in flight, or any callable that does so).
     keep : optional (z, y, x) bool mask of the region; tiles whose kept centre has no voxel to keep are not run,
         and voxels not kept are labelled :data:`OUTSIDE` (probabilities 0).
     buffers : arrays to work in (:class:`BlockBuffers` of a block at least this large); the results are views
