@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,32 +29,12 @@ import numpy as np
 import torch
 import zarr
 
+from predict_memory import peak_rss_mib  # benchmarks/ is on the path when run as a script
 from rockseg.devices import tune_malloc
 from rockseg.inference import TileRunner
 from rockseg.models import UNet, save_model_file
 from rockseg.normalization import intensity_stats, normalize
 from rockseg.synthetic import synthetic_rock
-
-
-def run_with_peak_rss(cmd: list[str]) -> tuple[subprocess.CompletedProcess[str], float]:
-    """Run cmd; return it and its peak resident memory in MiB.
-
-    The peak is the child's own VmHWM, polled while it runs: getrusage's ru_maxrss of a child also counts the
-    pages it shared with this (large) process between fork and exec.
-    """
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    hwm = 0.0
-    while proc.poll() is None:
-        try:
-            with open(f"/proc/{proc.pid}/status") as f:
-                hwm = max([hwm] + [int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM")])
-        except (FileNotFoundError, ProcessLookupError, ValueError):
-            pass
-        time.sleep(0.1)
-    out, err = proc.communicate()
-    if proc.returncode:
-        raise SystemExit(f"failed: {' '.join(cmd)}\n{err}")
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err), hwm
 
 
 def main() -> None:
@@ -109,11 +88,11 @@ def main() -> None:
     walls, loops, limits, monais, monais_folded, precision, peak = [], [], [], [], [], "float32", 0.0
     for r in range(args.repeat):
         start = time.perf_counter()
-        proc, hwm = run_with_peak_rss(cmd)
+        hwm, _, stdout = peak_rss_mib(cmd)
         walls.append(time.perf_counter() - start)
         peak = max(peak, hwm)
-        loops.append(float(re.search(r"in ([\d.]+) s", proc.stdout).group(1)))
-        found = re.search(r"\[(\w+)\]", proc.stdout)
+        loops.append(float(re.search(r"in ([\d.]+) s", stdout).group(1)))
+        found = re.search(r"\[(\w+)\]", stdout)
         precision = found.group(1) if found else "float32"
 
         # the limit: the same tiles, already in memory, through the same runner in the same mode

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
 import subprocess
 import sys
 import tempfile
@@ -25,16 +24,29 @@ from rockseg.synthetic import synthetic_rock
 
 
 def peak_rss_mib(cmd: list[str]) -> tuple[float, float, str]:
-    """Run cmd in a child; return its peak RSS (MiB, from wait4), wall seconds and stdout."""
+    """Run cmd in a child; return its peak resident memory (MiB), wall seconds and stdout.
+
+    The peak is the child's own high-water mark (VmHWM), polled while it runs. getrusage's ru_maxrss of a child
+    would also count the pages it shared with this process between fork and exec: the benchmark's own memory.
+    Output goes to temporary files, so a chatty child cannot fill a pipe while it is polled.
+    """
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    out = proc.stdout.read() if proc.stdout else ""
-    err = proc.stderr.read() if proc.stderr else ""
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"failed: {' '.join(cmd)}\n{err}")
-    return usage.ru_maxrss / 1024, wall, out.strip()
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True)
+        peak = 0.0
+        while proc.poll() is None:
+            try:
+                with open(f"/proc/{proc.pid}/status") as f:
+                    peak = max([peak] + [int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM")])
+            except (OSError, ValueError):  # the child has just ended
+                pass
+            time.sleep(0.1)
+        wall = time.perf_counter() - start
+        out.seek(0)
+        err.seek(0)
+        if proc.returncode != 0:
+            raise SystemExit(f"failed: {' '.join(cmd)}\n{err.read()}")
+        return peak, wall, out.read().strip()
 
 
 def main() -> None:

@@ -106,7 +106,9 @@ def preset(name: str | bool) -> AugmentConfig:
     if isinstance(name, bool):
         name = "basic" if name else "none"
     if name not in PRESETS:
-        raise InputError(f"--augment {name!r} is unknown{did_you_mean(name, PRESETS)}: choose one of {', '.join(PRESETS)}")
+        raise InputError(
+            f"--augment {name!r} is unknown{did_you_mean(name, PRESETS)}: choose one of {', '.join(PRESETS)}"
+        )
     return PRESETS[name]
 
 

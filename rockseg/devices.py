@@ -27,6 +27,20 @@ _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
 MALLOC_TUNABLES = "glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647"
 
 
+_malloc_trim: Any = None  # glibc's malloc_trim, once tune_malloc() has taken effect
+
+
+def _user_malloc_settings() -> bool:
+    """True when the environment sets malloc tunables of its own (rockseg's own settings for a worker excepted)."""
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    return ("malloc" in tunables and tunables != MALLOC_TUNABLES) or any(k.startswith("MALLOC_") for k in os.environ)
+
+
+def malloc_environment() -> dict[str, str]:
+    """Environment for a worker process that should run with :func:`tune_malloc`'s settings from its start."""
+    return {} if _user_malloc_settings() or "GLIBC_TUNABLES" in os.environ else {"GLIBC_TUNABLES": MALLOC_TUNABLES}
+
+
 def tune_malloc() -> bool:
     """Make glibc's allocator keep and reuse freed memory: one arena, no mmap for large blocks, no trimming.
 
@@ -41,10 +55,7 @@ def tune_malloc() -> bool:
     glibc, or when the environment already sets malloc tunables (``GLIBC_TUNABLES`` or ``MALLOC_*``), which
     are left to win; it is safe to call again, and in a worker process started with :data:`MALLOC_TUNABLES`.
     """
-    ours = os.environ.get("GLIBC_TUNABLES") == MALLOC_TUNABLES  # a worker rockseg started with these settings
-    if not sys.platform.startswith("linux") or ("malloc" in os.environ.get("GLIBC_TUNABLES", "") and not ours):
-        return False
-    if any(k.startswith("MALLOC_") for k in os.environ):  # MALLOC_ARENA_MAX, MALLOC_MMAP_THRESHOLD_...
+    if not sys.platform.startswith("linux") or _user_malloc_settings():
         return False
     try:
         libc = ctypes.CDLL(None)
@@ -60,9 +71,6 @@ def tune_malloc() -> bool:
         _malloc_trim = libc.malloc_trim
         _malloc_trim.argtypes, _malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
     return bool(ok)
-
-
-_malloc_trim: Any = None
 
 
 def release_free_memory() -> None:

@@ -41,7 +41,9 @@ import torch
 import zarr
 from zarr.core.buffer.cpu import NDBuffer
 
-from rockseg.devices import MALLOC_TUNABLES, available_cpus, release_free_memory, resolve_device, tune_malloc
+from rockseg.devices import (
+    MALLOC_TUNABLES, available_cpus, malloc_environment, release_free_memory, resolve_device, tune_malloc,
+)
 from rockseg.errors import IncompleteError, InputError, MissingInputError, OutputExistsError
 from rockseg.models import file_sha256, fold_batch_norm, model_from_payload, read_model_file, tile_multiple
 from rockseg.normalization import intensity_stats, normalize
@@ -693,7 +695,7 @@ def predict_region(
             if "probs" not in out:
                 shape = (tile_probs.shape[0], *rshape)
                 reused = buffers.probs(shape) if buffers is not None else None
-                out["probs"] = np.zeros(shape, np.float32) if reused is None else reused
+                out["probs"] = np.empty(shape, np.float32) if reused is None else reused
                 out["probs"].fill(0)
             out["probs"][(slice(None), *dst)] = tile_probs[(slice(None), *src)]
 
@@ -999,8 +1001,7 @@ def _device_cluster(devices: Sequence[str]) -> Any:
     workers = {}
     for i, dev in enumerate(devices):
         env = {"CUDA_VISIBLE_DEVICES": dev.partition(":")[2] or "0"} if dev.startswith("cuda") else {}
-        if "GLIBC_TUNABLES" not in os.environ:
-            env["GLIBC_TUNABLES"] = MALLOC_TUNABLES  # what tune_malloc() does in this process
+        env.update(malloc_environment())  # what tune_malloc() does in this process
         workers[f"device-{i}"] = {"cls": Nanny, "options": {"nthreads": 1, "env": env}}
     return SpecCluster(workers=workers, scheduler={"cls": Scheduler, "options": {"dashboard_address": None}})
 

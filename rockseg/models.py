@@ -110,7 +110,6 @@ def _act(kind: str, inplace: bool = True) -> nn.Module:
     raise InputError(f"unknown activation {kind!r}: choose relu or elu")
 
 
-
 def _check_args(
     arch: str, *, spatial_dims: int, in_channels: int, classes: int, base_channels: int, depth: int, norm: str,
     act: str, min_depth: int = 1, max_depth: int | None = None,

@@ -833,9 +833,10 @@ def train(
             torch.manual_seed(config.seed)
             net, setup = _build(config, arch_args, weights_file)
             run = _Run(
-                net.to(device, memory_format=training_memory_format(tile_dims)), parts, config=config, classes=classes, phases=phases, device=device, bf16=bf16,
-                class_weights=class_weights, dist_info=dist_info, fingerprint=fingerprint, ckpt_path=ckpt_path,
-                log_path=log_path_for(out_path), t0=t0,
+                net.to(device, memory_format=training_memory_format(tile_dims)), parts, config=config,
+                classes=classes, phases=phases, device=device, bf16=bf16, class_weights=class_weights,
+                dist_info=dist_info, fingerprint=fingerprint, ckpt_path=ckpt_path, log_path=log_path_for(out_path),
+                t0=t0,
             )
             if checkpoint is not None:
                 run.restore(checkpoint)
