@@ -169,9 +169,10 @@ def berea(work: Path, minutes_3d: float, minutes_2d: float, berea_dims: tuple[in
           f"pore Euler {e_ceiling}", flush=True)
 
     docs = {}
-    # Epochs that fit the minutes on this 2-core CPU (about 170 s per 3D epoch, 70 s per 2D epoch), so that the
+    # Epochs that fit the minutes on this 2-core CPU (about 160 s per 3D epoch, 70 s per 2D epoch), so that the
     # exponential schedule reaches its floor by the end: the last epochs at a low rate refine the boundaries.
-    recipes = {3: (48, minutes_3d, 5), 2: (128, minutes_2d, max(1, int(minutes_2d * 60 / 70)))}
+    recipes = {3: (48, minutes_3d, max(1, int(minutes_3d * 60 / 160))),
+               2: (128, minutes_2d, max(1, int(minutes_2d * 60 / 70)))}
     for dims in berea_dims:
         size, minutes, epochs = recipes[dims]
         tiles, model, pred = (work / f"berea_tiles{dims}d.zarr", work / f"berea-{dims}d.pt",

@@ -135,6 +135,19 @@ class Connectivity(str, Enum):
     twenty_six = "3"
 
 
+def _tune_allocator() -> None:
+    """For the commands that run a network: let glibc reuse freed memory instead of faulting in fresh pages.
+
+    Only in the rockseg command's own process, never in a library caller's (see devices.tune_malloc). Measured
+    on a 2-core CPU: predict 1.06 -> 1.50 Mvoxel/s; a 3D training step (UNet base 16, 4 x 48^3) 1.49 -> 1.33 s
+    and its validation 12 -> 9.5 s (means of four 40-step epochs each way).
+    """
+    if _own_process:
+        from rockseg.devices import tune_malloc
+
+        tune_malloc()
+
+
 def _version(value: bool) -> None:
     if value:
         out_console.print(f"rockseg {__version__}")
@@ -286,6 +299,7 @@ def train(
     """
     from rockseg.training import TrainConfig, train as run
 
+    _tune_allocator()
     config = TrainConfig(
         arch=arch.value, encoder=encoder, encoder_weights=str(encoder_weights) if encoder_weights else None,
         freeze_encoder=freeze_encoder, base_channels=base_channels, depth=depth, norm=norm.value, act=act.value,
@@ -331,11 +345,9 @@ def predict(
     overwrite: Annotated[bool, typer.Option(help="discard an existing prediction and start again")] = False,
 ) -> None:
     """Segment a volume block by block (out-of-core, resumable, shardable)."""
-    from rockseg.devices import tune_malloc
     from rockseg.inference import PredictConfig, parse_shard, predict as run
 
-    if _own_process:  # the rockseg command, not a caller's process: reuse freed memory (faster, flat memory)
-        tune_malloc()
+    _tune_allocator()
 
     config = PredictConfig(
         tile=tile, halo=halo, block=block, batch_size=batch_size, device=device, precision=precision.value,
@@ -482,6 +494,7 @@ def demo(
     """Run the whole pipeline on a built-in synthetic rock: generate, convert, tile, train, predict, stitch, score."""
     from rockseg.demo import run_demo
 
+    _tune_allocator()
     result = run_demo(directory, size=size, minutes=minutes, device=device, seed=seed, log=_log,
                       progress=interactive())
     out_console.print(score_table(result["score"]))

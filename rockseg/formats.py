@@ -1734,13 +1734,12 @@ def _progress_bar(description: str, total: int, enabled: bool) -> Iterator[Calla
     if not enabled:
         yield lambda n: None
         return
-    from rich.console import Console
-    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
-                               TransferSpeedColumn)
+    from rich.progress import BarColumn, DownloadColumn, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
-    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-               TimeRemainingColumn())
-    with Progress(*columns, console=Console(stderr=True)) as bar:
+    from rockseg.progress import stderr_progress
+
+    with stderr_progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                         TimeRemainingColumn()) as bar:
         task = bar.add_task(description, total=total)
         yield lambda n: bar.advance(task, n)
 

@@ -8,12 +8,18 @@ from collections.abc import Callable
 from types import TracebackType
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
 
 
 def interactive() -> bool:
     """True when stderr is a terminal (progress bars make sense)."""
     return sys.stderr.isatty()
+
+
+def stderr_progress(*columns: ProgressColumn | str) -> Progress:
+    """A rich progress display on stderr (stdout stays for results); every rockseg bar is made here."""
+    return Progress(*columns, console=Console(stderr=True))
 
 
 class Reporter:
@@ -39,9 +45,9 @@ class Reporter:
         self.start = time.perf_counter()
         self._bar: Progress | None = None
         if bar and total > 0:
-            self._bar = Progress(
+            self._bar = stderr_progress(
                 TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
-                TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True), transient=False,
+                TimeElapsedColumn(), TimeRemainingColumn(),
             )
             self._task = self._bar.add_task(label, total=total, rate="")
 

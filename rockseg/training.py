@@ -1192,13 +1192,12 @@ def _epoch_line(record: Mapping[str, Any], epochs: int, is_best: bool) -> str:
 
 
 def _progress_bar() -> Any:
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
-    return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), console=Console(stderr=True),
-    )
+    from rockseg.progress import stderr_progress
+
+    return stderr_progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                           TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn())
 
 
 def write_curve(path: str | os.PathLike[str], history: Sequence[Mapping[str, Any]], *, title: str = "") -> Path:

@@ -140,3 +140,20 @@ def test_predict_with_no_options_uses_shipped_model(tmp_path):
     assert out.attrs["phases"] == {"0": "pore", "1": "solid"}
     pred, pore = out[...] == 0, labels == 0
     assert (pred & pore).sum() / (pred | pore).sum() > 0.8
+
+
+@pytest.mark.parametrize("command", ["train", "predict"])
+def test_allocator_tuned_only_in_the_rockseg_process(tmp_path, monkeypatch, command):
+    """The commands that run a network tune glibc's allocator in the rockseg process, never in a caller's."""
+    from rockseg import cli, devices
+
+    calls = []
+    monkeypatch.setattr(devices, "tune_malloc", lambda: calls.append(command) or True)
+    args = [command, str(tmp_path / "missing.zarr"), "-o", str(tmp_path / "out")]
+    if command == "predict":
+        args += ["-m", str(tmp_path / "missing.pt")]
+    assert runner.invoke(app, args).exit_code == 2  # the command ran as far as its input
+    assert calls == []  # a library caller's process (CliRunner here) is left alone
+    monkeypatch.setattr(cli, "_own_process", True)
+    assert runner.invoke(app, args).exit_code == 2
+    assert calls == [command]
