@@ -38,6 +38,7 @@ BEREA = DATA / "berea-400" / "berea_pore.tif"
 HELD_OUT = ("0100", "0300")
 SANDSTONE_PHASES = "0=pore,1=clay,2=quartz,3=pyrite"
 BLUR = 0.8  # voxels, the point-spread function of the simulated scanner
+NOISE = 20.0  # grey levels, standard deviation of the simulated noise (contrast 90: CNR 4.5)
 
 
 def rockseg(*args: object, quiet: bool = True) -> tuple[float, str]:
@@ -115,13 +116,13 @@ def sandstone(work: Path, minutes: float) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------- berea
-def simulated_berea(labels: np.ndarray, seed: int = 0) -> np.ndarray:
+def simulated_berea(labels: np.ndarray, seed: int = 0, noise: float = NOISE) -> np.ndarray:
     """A hard simulated micro-CT (uint8) of a pore (1) / grain (0) volume.
 
     Grain grey 150, pore 60 before artefacts; Gaussian partial-volume blur of sigma :data:`BLUR` voxels;
     beam-hardening cupping darkening the slice centre by 25% against the corners (a single global threshold cannot
-    fit both); rings of amplitude 10 grey levels; noise of standard deviation 20 grey levels (a contrast-to-noise
-    ratio of 4.5).
+    fit both); rings of amplitude 10 grey levels; noise of standard deviation ``noise`` grey levels (20 by default:
+    a contrast-to-noise ratio of 4.5).
 
     The blur sets a ceiling on what any segmentation can recover of Berea's thin throats: thresholding the
     noise-free blurred labels at 0.5 gives a pore IoU of 0.976 at sigma 0.8, 0.944 at 1.0 and 0.911 at 1.2 on
@@ -130,7 +131,7 @@ def simulated_berea(labels: np.ndarray, seed: int = 0) -> np.ndarray:
     """
     from rockseg.synthetic import simulate_ct
 
-    return simulate_ct(labels.astype(np.uint8), seed=seed, blur=BLUR, noise=20.0, grey=(150.0, 60.0),
+    return simulate_ct(labels.astype(np.uint8), seed=seed, blur=BLUR, noise=noise, grey=(150.0, 60.0),
                        clay_texture=0.0, cupping=0.25, rings=10.0)
 
 
@@ -143,12 +144,13 @@ def blur_ceiling(truth: np.ndarray) -> tuple[float, int]:
     return float((seen & pore).sum() / (seen | pore).sum()), int(euler_number(seen, connectivity=3))
 
 
-def berea(work: Path, minutes_3d: float, minutes_2d: float, berea_dims: tuple[int, ...] = (3, 2)) -> dict:
+def berea(work: Path, minutes_3d: float, minutes_2d: float, berea_dims: tuple[int, ...] = (3, 2),
+          noise: float = NOISE) -> dict:
     print("== berea-400: simulated CT of a real pore/grain volume; train on z < 200, score on z >= 200", flush=True)
     truth = tifffile.imread(BEREA)
-    image_tif = work / f"berea_ct_blur{BLUR}.tif"
+    image_tif = work / f"berea_ct_blur{BLUR}_noise{noise:g}.tif"
     if not image_tif.exists():
-        tifffile.imwrite(image_tif, simulated_berea(truth), compression="zlib")
+        tifffile.imwrite(image_tif, simulated_berea(truth, noise=noise), compression="zlib")
     half = truth.shape[0] // 2
     rockseg("convert", image_tif, work / "berea_train_image.zarr", "--crop", f"0:{half},:,:", "--overwrite")
     rockseg("convert", BEREA, work / "berea_train_labels.zarr", "--crop", f"0:{half},:,:",
@@ -199,6 +201,8 @@ def main() -> None:
     parser.add_argument("--minutes-2d", type=float, default=12.0, help="training minutes of each 2D model")
     parser.add_argument("--minutes-3d", type=float, default=14.0, help="training minutes of the 3D model")
     parser.add_argument("--berea-dims", default="3,2", help="which berea models to train: 3, 2 or 3,2")
+    parser.add_argument("--noise", type=float, default=NOISE,
+                        help="noise of the simulated Berea CT in grey levels (contrast 90)")
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="rockseg-accuracy-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -210,7 +214,8 @@ def main() -> None:
             print(f"sandstone-versa not found at {SANDSTONE}: skipped")
     if args.only in (None, "berea"):
         if BEREA.exists():
-            berea(work, args.minutes_3d, args.minutes_2d, tuple(int(d) for d in args.berea_dims.split(",")))
+            berea(work, args.minutes_3d, args.minutes_2d, tuple(int(d) for d in args.berea_dims.split(",")),
+                  noise=args.noise)
         else:
             print(f"berea-400 not found at {BEREA}: skipped")
 
