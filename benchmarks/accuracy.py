@@ -1,6 +1,7 @@
 """Accuracy on real rock, end to end through the CLI as a user would run it (issue 6).
 
-    python benchmarks/accuracy.py [--workdir DIR] [--only sandstone|berea] [--minutes-2d M] [--minutes-3d M] [--noise N]
+    python benchmarks/accuracy.py [--workdir DIR] [--only sandstone|berea] [--minutes-2d M] [--minutes-3d M]
+                                  [--berea-dims 3,2] [--noise N]
 
 1. ``../shared/data/sandstone-versa``: a 2D model trained on 8 of the 10 real 4-phase slices (z = 100 and 300 are
    held out: interior slices, 50 voxels from their nearest training slices), scored on the other 2. The baseline
