@@ -136,12 +136,8 @@ class Connectivity(str, Enum):
 
 
 def _tune_allocator() -> None:
-    """For the commands that run a network: let glibc reuse freed memory instead of faulting in fresh pages.
-
-    Only in the rockseg command's own process, never in a library caller's (see devices.tune_malloc). Measured
-    on a 2-core CPU: predict 1.06 -> 1.50 Mvoxel/s; a 3D training step (UNet base 16, 4 x 48^3) 1.49 -> 1.33 s
-    and its validation 12 -> 9.5 s (means of four 40-step epochs each way).
-    """
+    """For the commands that run a network (train, predict, demo): :func:`rockseg.devices.tune_malloc`, only in
+    the rockseg command's own process, never in a library caller's."""
     if _own_process:
         from rockseg.devices import tune_malloc
 

@@ -50,6 +50,8 @@ def tune_malloc() -> bool:
     volume grows. With one arena that keeps what it frees, blocks reuse the same memory: measured on a 2-core
     AVX2 CPU with the shipped 3D model, 1.06 -> 1.50 Mvoxel/s. The engine pairs it with reused block buffers and
     :func:`release_free_memory` after each block, so that resident memory stays flat (benchmarks/predict_memory.py).
+    Training frees and reallocates its activations every step in the same way: a 3D step (UNet base 16,
+    4 x 48^3) 1.49 -> 1.33 s, its validation 12 -> 9.5 s (means of four 40-step epochs each way).
 
     Call it at the start of a command, before other threads exist. It does nothing (and returns False) off
     glibc, or when the environment already sets malloc tunables (``GLIBC_TUNABLES`` or ``MALLOC_*``), which
