@@ -4,11 +4,13 @@ Prints, in one run on the same volume, model, tile and halo:
   - rockseg predict end to end (a real subprocess: reading Zarr, normalising, tiling, the model, writing Zarr,
     markers), as output voxels per second of the whole command and of its block loop;
   - the model alone on the same tiles already in memory, in the same fastest mode (channels-last, the precision
-    rockseg chose), timing only the forward passes: the limit;
+    rockseg chose, the decoder computing only the kept centre of each tile), timing only the forward passes:
+    the limit;
   - MONAI's sliding_window_inference in memory with the same window, overlap and batch (needs `pip install monai`;
     it is not a dependency of rockseg), given the network as trained (what a MONAI script runs), and for
     transparency also given rockseg's inference copy of it (batch norm folded into the convolutions), which shows
-    how much of the difference is the engine and how much the network preparation.
+    how much of the difference is the engine and how much the network preparation. MONAI computes every window
+    whole and blends the overlaps; rockseg keeps each tile's centre and does not compute what only the halo needs.
 Also the peak resident memory of the rockseg process. This process tunes its allocator as `rockseg predict` does
 (devices.tune_malloc), so the in-memory measurements run under the same conditions as rockseg.
 
@@ -96,7 +98,8 @@ def main() -> None:
         precision = found.group(1) if found else "float32"
 
         # the limit: the same tiles, already in memory, through the same runner in the same mode
-        runner = TileRunner(net, spatial_dims=3, device=device, precision=precision, probabilities=False)
+        runner = TileRunner(net, spatial_dims=3, device=device, precision=precision, probabilities=False,
+                            margin=(h, h, h))
         runner(batches[0])  # warm up
         start = time.perf_counter()
         for b in batches:

@@ -7,6 +7,7 @@ faces only if tiles, halos and blocks are placed exactly right, so any seam or o
 
 from __future__ import annotations
 
+import itertools
 import os
 
 import numpy as np
@@ -154,6 +155,41 @@ def test_unet_labels_independent_of_block(tmp_path):
     assert len(np.unique(outs[0])) > 1
     np.testing.assert_array_equal(outs[0], outs[1])
     np.testing.assert_array_equal(outs[0], outs[2])
+
+
+def test_unet_computing_only_the_kept_centre_equals_the_whole_tiles(tmp_path):
+    """The engine runs a batch-norm UNet's decoder only where the tiles' centres need it; its labels equal the
+    whole volume predicted in memory on the same tile grid with every tile computed whole."""
+    from rockseg.inference import TileRunner
+    from rockseg.normalization import intensity_stats, normalize
+
+    image = grey_volume(tmp_path / "v.zarr", (36, 40, 28), seed=2, chunks=(16, 16, 16))
+    torch.manual_seed(1)
+    args = {"spatial_dims": 3, "classes": 3, "base_channels": 4, "depth": 2}
+    net = UNet(**args)
+    for m in net.modules():  # small variances amplify the input's variation: the labels vary across the volume
+        if isinstance(m, torch.nn.BatchNorm3d):
+            m.running_mean.uniform_(-0.3, 0.3)
+            m.running_var.uniform_(0.005, 0.05)
+    net.eval()
+    stats = {"p_low": 0.0, "p_high": 255.0}
+    save_model_file(tmp_path / "m.pt", net, arch="unet", arch_args=args, spatial_dims=3, in_channels=1,
+                    phases={0: "a", 1: "b", 2: "c"}, normalization=stats, tile=16, halo=5)
+    predict(tmp_path / "v.zarr", tmp_path / "p.zarr", model=tmp_path / "m.pt",
+            config=PredictConfig(block=12, device="cpu", batch_size=3))
+    got = zarr.open_array(str(tmp_path / "p.zarr"))[...]
+
+    t, h, step = 16, 5, 6
+    runner = TileRunner(net, spatial_dims=3, device=torch.device("cpu"), precision="float32", probabilities=False)
+    data = np.pad(normalize(image, intensity_stats(image)), [(h, h + (-n) % step) for n in image.shape],
+                  mode="reflect")  # normalised by the volume's own statistics, as predict does by default
+    want = np.empty([-(-n // step) * step for n in image.shape], np.uint8)
+    for z, y, x in itertools.product(*(range(0, n, step) for n in want.shape)):
+        labels, _ = runner(np.ascontiguousarray(data[None, None, z : z + t, y : y + t, x : x + t]))
+        want[z : z + step, y : y + step, x : x + step] = labels[0, h:-h, h:-h, h:-h]
+    want = want[: image.shape[0], : image.shape[1], : image.shape[2]]
+    assert len(np.unique(want)) == 3
+    np.testing.assert_array_equal(got, want)
 
 
 def test_bad_inputs(tmp_path, boxsum):
