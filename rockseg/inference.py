@@ -31,6 +31,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -583,6 +584,8 @@ class TilePool:
         self.error: BaseException | None = None
         self._local = threading.local()
         self._stack: np.ndarray | None = None
+        # runs the runner on the thread that owns the model (a _TorchThread's call); None: on the block's thread
+        self.call: Callable[..., Any] | None = None
 
     @contextlib.contextmanager
     def block(self) -> Iterator[None]:
@@ -627,7 +630,8 @@ class TilePool:
                         break
                     self.cv.wait()
             try:
-                labels, probs = self.runner(self._batch([t for t, *_ in batch]))
+                stacked = self._batch([t for t, *_ in batch])
+                labels, probs = self.runner(stacked) if self.call is None else self.call(self.runner, stacked)
                 for k, (_, i, tile_sink, _) in enumerate(batch):
                     tile_sink(i, labels[k], None if probs is None else probs[k])
             except BaseException as exc:
@@ -965,23 +969,101 @@ def predict(
     }
 
 
-def _run_threads(job: BlockJob, todo: list[Triple], workers: int, report: Reporter) -> list[tuple[int, str]]:
-    """Run blocks with Dask's threaded scheduler, at most ``workers`` in flight.
+class _TorchThread:
+    """Runs the model on one thread, the one that waits in :meth:`serve`, for the block threads that call it.
 
-    While one block's tiles run through the model (serialised by the runner's lock), the next block is read and
-    decompressed, and the previous one compressed and written.
+    torch's CPU kernels use OpenMP, which gives every thread that starts a parallel region a team of worker
+    threads of its own. Once a process holds more such threads than cores, libgomp stops spin-waiting between
+    regions, and each of the thousands of regions in a forward pass pays a sleep and a wake-up: measured on a
+    2-core CPU, a 3D UNet ran 15-20 % slower called from Dask's worker threads (each with its own team) than
+    from a single thread. So the block threads read, normalise and write, and hand the model to this one.
     """
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...], Future[Any]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)``, run on the serving thread; raises what it raises."""
+        future: Future[Any] = Future()
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("prediction stopped: the thread that runs the model has ended")
+            self._queue.put((fn, args, future))
+        return future.result()
+
+    def serve(self, work: Callable[[], Any]) -> Any:
+        """Run ``work()`` on a new thread while this one runs what it hands to :meth:`call`; its result."""
+        outcome: dict[str, Any] = {}
+
+        def target() -> None:
+            try:
+                outcome["value"] = work()
+            except BaseException as exc:  # noqa: BLE001 - re-raised on the serving thread
+                outcome["error"] = exc
+            finally:
+                self._queue.put(None)
+
+        thread = threading.Thread(target=target, name="rockseg-blocks", daemon=True)
+        thread.start()
+        try:
+            while (item := self._queue.get()) is not None:
+                fn, args, future = item
+                try:
+                    future.set_result(fn(*args))
+                except Exception as exc:  # the block that asked fails with it, and so the run
+                    future.set_exception(exc)
+                except BaseException as exc:  # Ctrl-C: stop serving
+                    future.set_exception(exc)
+                    raise
+        finally:
+            with self._lock:  # whoever waits or comes later fails at once, so the block threads end
+                self._closed = True
+                while True:
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is not None:
+                        item[2].set_exception(RuntimeError("prediction stopped"))
+        thread.join()
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["value"]
+
+
+def _run_threads(job: BlockJob, todo: list[Triple], workers: int, report: Reporter) -> list[tuple[int, str]]:
+    """Run blocks with Dask's threaded scheduler, at most ``workers`` in flight, and the model on this thread.
+
+    While one block's tiles run through the model (on this thread: see :class:`_TorchThread`), the next block
+    is read and decompressed, and the previous one compressed and written, by Dask's threads.
+    """
+    if not todo:
+        return []
+    torch_thread = _TorchThread()
+    with _ENGINES_LOCK:  # the model is built here, on the thread that runs it
+        engine = _ENGINES.get(job) or _ENGINES.setdefault(job, _Engine(job))
+    engine.pool.call = torch_thread.call
 
     def run(index: Triple) -> tuple[int, str]:
         result = run_block(job, index)
         report.advance(result[0])
         return result
 
-    results: list[tuple[int, str]] = []
-    for i in range(0, len(todo), 4096):  # bounded graph size for millions of blocks
-        tasks = [dask.delayed(run, pure=False)(b) for b in todo[i : i + 4096]]
-        results.extend(dask.compute(*tasks, scheduler="threads", num_workers=workers))
-    return results
+    def compute() -> list[tuple[int, str]]:
+        results: list[tuple[int, str]] = []
+        for i in range(0, len(todo), 4096):  # bounded graph size for millions of blocks
+            tasks = [dask.delayed(run, pure=False)(b) for b in todo[i : i + 4096]]
+            results.extend(dask.compute(*tasks, scheduler="threads", num_workers=workers))
+        return results
+
+    try:
+        return torch_thread.serve(compute)
+    finally:
+        engine.pool.call = None
 
 
 def _run_distributed(job: BlockJob, todo: list[Triple], address: str, report: Reporter) -> list[tuple[int, str]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import threading
 
 import numpy as np
 import pytest
@@ -22,7 +23,7 @@ from rockseg.inference import PredictConfig, TileGrid, check_complete, predict, 
 from rockseg.models import UNet, save_model_file
 
 
-from conftest import binary_volume, expected_boxsum, grey_volume  # noqa: E402
+from conftest import BoxSum, binary_volume, expected_boxsum, grey_volume  # noqa: E402
 
 
 def test_reflect_index_matches_numpy_pad():
@@ -106,6 +107,50 @@ def test_shards_resume_and_probabilities(tmp_path, boxsum):
     probs = zarr.open_array(str(tmp_path / "probs.zarr"))
     assert probs.shape == (28, 20, 20, 20) and probs.dtype == np.uint8
     np.testing.assert_array_equal(probs[...].argmax(axis=0), expected)
+
+
+def test_model_runs_on_the_calling_thread_while_blocks_run_on_dask_threads(tmp_path, boxsum, monkeypatch):
+    """Every forward pass runs on the thread that called predict (one OpenMP team: see _TorchThread); the
+    labels are still exact."""
+    data = binary_volume(tmp_path / "v.zarr", (20, 24, 20), chunks=(8, 8, 8))
+    model = boxsum(tmp_path / "m.pt")
+    threads = set()
+    forward = BoxSum.forward
+
+    def recording(self, x):
+        threads.add(threading.get_ident())
+        return forward(self, x)
+
+    monkeypatch.setattr(BoxSum, "forward", recording)
+    s = predict(tmp_path / "v.zarr", tmp_path / "p.zarr", model=model,
+                config=PredictConfig(block=8, device="cpu", workers=3, batch_size=2))
+    assert s["blocks_done"] == 3 * 3 * 3
+    assert threads == {threading.get_ident()}
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "p.zarr"))[...], expected_boxsum(data))
+
+
+def test_an_error_in_the_model_stops_the_run_and_is_raised(tmp_path, boxsum, monkeypatch):
+    binary_volume(tmp_path / "v.zarr", (20, 24, 20), chunks=(8, 8, 8))
+    model = boxsum(tmp_path / "m.pt")
+    calls = []
+    forward = BoxSum.forward
+
+    def failing(self, x):
+        calls.append(1)
+        if len(calls) == 6:
+            raise RuntimeError("out of memory, say")
+        return forward(self, x)
+
+    monkeypatch.setattr(BoxSum, "forward", failing)
+    with pytest.raises(RuntimeError, match="out of memory, say"):
+        predict(tmp_path / "v.zarr", tmp_path / "p.zarr", model=model,
+                config=PredictConfig(block=8, device="cpu", workers=2, batch_size=2))
+    done = len(os.listdir(tmp_path / "p.zarr" / ".rockseg" / "done"))
+    assert 0 < done < 27  # the blocks finished before the error are kept for a re-run
+    monkeypatch.setattr(BoxSum, "forward", forward)
+    again = predict(tmp_path / "v.zarr", tmp_path / "p.zarr", model=model,
+                    config=PredictConfig(block=8, device="cpu", workers=2, batch_size=2))
+    assert again["complete"] and again["blocks_skipped"] == done
 
 
 def test_changed_settings_refused_unless_overwrite(tmp_path, boxsum):
