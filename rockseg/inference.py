@@ -424,7 +424,8 @@ class BlockJob:
 class _Engine:
     """The opened stores and the loaded model of one :class:`BlockJob` (one per process, shared by threads)."""
 
-    def __init__(self, job: BlockJob) -> None:
+    def __init__(self, job: BlockJob, torch_thread: _TorchThread | None = None) -> None:
+        """``torch_thread`` runs the model (see :class:`_TorchThread`); default a thread of the engine's own."""
         self.job = job
         self.volume = zarr.open_array(store=job.volume, mode="r")
         self.out = zarr.open_array(store=job.out, mode="r+")
@@ -432,19 +433,27 @@ class _Engine:
         self.mask = zarr.open_array(store=job.mask, mode="r") if job.mask else None
         self.flat = self.volume.ndim == 2
         self.stats = {"p_low": job.p_low, "p_high": job.p_high}
-        payload = read_model_file(job.model)
-        device = resolve_device(job.device)
-        if device.type == "cpu":
-            torch.set_num_threads(available_cpus())
-        self.runner = TileRunner(
-            model_from_payload(payload), spatial_dims=job.spatial_dims, device=device, precision=job.precision,
-            probabilities=self.probs is not None, tta=job.tta, axis=job.axis, margin=job.grid.halo,
-        )
+        if torch_thread is None:
+            torch_thread = _TorchThread()
+            torch_thread.start()
+        self.runner: TileRunner = torch_thread.call(self._runner)  # built on the thread that runs it
         self.markers = Path(job.out) / MARKER_DIR / "done"
         self.pool = TilePool(self.runner, job.batch_size)
+        self.pool.call = torch_thread.call
         if os.environ.get("GLIBC_TUNABLES") == MALLOC_TUNABLES:  # a --devices worker: trim after each block
             tune_malloc()
         self.buffers: queue.SimpleQueue[BlockBuffers] = queue.SimpleQueue()
+
+    def _runner(self) -> TileRunner:
+        job = self.job
+        device = resolve_device(job.device)
+        if device.type == "cpu":
+            torch.set_num_threads(available_cpus())
+        return TileRunner(
+            model_from_payload(read_model_file(job.model)), spatial_dims=job.spatial_dims, device=device,
+            precision=job.precision, probabilities=self.probs is not None, tta=job.tta, axis=job.axis,
+            margin=job.grid.halo,
+        )
 
     @contextlib.contextmanager
     def _buffers(self) -> Iterator[BlockBuffers]:
@@ -970,13 +979,16 @@ def predict(
 
 
 class _TorchThread:
-    """Runs the model on one thread, the one that waits in :meth:`serve`, for the block threads that call it.
+    """Runs all torch work of an engine on one thread, for the block threads that call it.
 
     torch's CPU kernels use OpenMP, which gives every thread that starts a parallel region a team of worker
     threads of its own. Once a process holds more such threads than cores, libgomp stops spin-waiting between
     regions, and each of the thousands of regions in a forward pass pays a sleep and a wake-up: measured on a
     2-core CPU, a 3D UNet ran 15-20 % slower called from Dask's worker threads (each with its own team) than
-    from a single thread. So the block threads read, normalise and write, and hand the model to this one.
+    from a single thread. So the block threads read, normalise and write, and hand the model to one thread:
+    the one that created this object, while it waits in :meth:`serve` (a local run: the thread that called
+    predict, which may have run torch before), or after :meth:`start` one of its own (a Dask distributed
+    worker, whose task threads would each start a team).
     """
 
     def __init__(self) -> None:
@@ -985,9 +997,12 @@ class _TorchThread:
         )
         self._lock = threading.Lock()
         self._closed = False
+        self._owner: int | None = threading.get_ident()
 
     def call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """``fn(*args)``, run on the serving thread; raises what it raises."""
+        """``fn(*args)`` on the serving thread (at once when called there); raises what it raises."""
+        if threading.get_ident() == self._owner:
+            return fn(*args)
         future: Future[Any] = Future()
         with self._lock:
             if self._closed:
@@ -995,20 +1010,13 @@ class _TorchThread:
             self._queue.put((fn, args, future))
         return future.result()
 
-    def serve(self, work: Callable[[], Any]) -> Any:
-        """Run ``work()`` on a new thread while this one runs what it hands to :meth:`call`; its result."""
-        outcome: dict[str, Any] = {}
+    def start(self) -> None:
+        """Serve on a daemon thread of its own from now on, for the life of the process."""
+        self._owner = None
+        threading.Thread(target=self._loop, name="rockseg-model", daemon=True).start()
 
-        def target() -> None:
-            try:
-                outcome["value"] = work()
-            except BaseException as exc:  # noqa: BLE001 - re-raised on the serving thread
-                outcome["error"] = exc
-            finally:
-                self._queue.put(None)
-
-        thread = threading.Thread(target=target, name="rockseg-blocks", daemon=True)
-        thread.start()
+    def _loop(self) -> None:
+        self._owner = threading.get_ident()
         try:
             while (item := self._queue.get()) is not None:
                 fn, args, future = item
@@ -1029,6 +1037,22 @@ class _TorchThread:
                         break
                     if item is not None:
                         item[2].set_exception(RuntimeError("prediction stopped"))
+
+    def serve(self, work: Callable[[], Any]) -> Any:
+        """Run ``work()`` on a new thread while this one (the creator) serves :meth:`call`; its result."""
+        outcome: dict[str, Any] = {}
+
+        def target() -> None:
+            try:
+                outcome["value"] = work()
+            except BaseException as exc:  # noqa: BLE001 - re-raised on the serving thread
+                outcome["error"] = exc
+            finally:
+                self._queue.put(None)
+
+        thread = threading.Thread(target=target, name="rockseg-blocks", daemon=True)
+        thread.start()
+        self._loop()
         thread.join()
         if "error" in outcome:
             raise outcome["error"]
@@ -1045,8 +1069,8 @@ def _run_threads(job: BlockJob, todo: list[Triple], workers: int, report: Report
         return []
     torch_thread = _TorchThread()
     with _ENGINES_LOCK:  # the model is built here, on the thread that runs it
-        engine = _ENGINES.get(job) or _ENGINES.setdefault(job, _Engine(job))
-    engine.pool.call = torch_thread.call
+        if job not in _ENGINES:
+            _ENGINES[job] = _Engine(job, torch_thread)
 
     def run(index: Triple) -> tuple[int, str]:
         result = run_block(job, index)
@@ -1060,10 +1084,7 @@ def _run_threads(job: BlockJob, todo: list[Triple], workers: int, report: Report
             results.extend(dask.compute(*tasks, scheduler="threads", num_workers=workers))
         return results
 
-    try:
-        return torch_thread.serve(compute)
-    finally:
-        engine.pool.call = None
+    return torch_thread.serve(compute)
 
 
 def _run_distributed(job: BlockJob, todo: list[Triple], address: str, report: Reporter) -> list[tuple[int, str]]:

@@ -129,6 +129,28 @@ def test_model_runs_on_the_calling_thread_while_blocks_run_on_dask_threads(tmp_p
     np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "p.zarr"))[...], expected_boxsum(data))
 
 
+def test_a_dask_worker_runs_the_model_on_one_thread_of_its_own(tmp_path, boxsum, monkeypatch):
+    """A distributed worker with several task threads still runs every forward pass on one thread."""
+    distributed = pytest.importorskip("distributed")
+    data = binary_volume(tmp_path / "v.zarr", (20, 24, 20), chunks=(8, 8, 8))
+    model = boxsum(tmp_path / "m.pt")
+    threads = set()
+    forward = BoxSum.forward
+
+    def recording(self, x):
+        threads.add(threading.get_ident())
+        return forward(self, x)
+
+    monkeypatch.setattr(BoxSum, "forward", recording)
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=3, processes=False,
+                                  dashboard_address=None) as cluster:
+        s = predict(tmp_path / "v.zarr", tmp_path / "p.zarr", model=model,
+                    config=PredictConfig(block=8, device="cpu", scheduler=cluster.scheduler_address))
+    assert s["complete"]
+    assert len(threads) == 1 and threading.get_ident() not in threads
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "p.zarr"))[...], expected_boxsum(data))
+
+
 def test_an_error_in_the_model_stops_the_run_and_is_raised(tmp_path, boxsum, monkeypatch):
     binary_volume(tmp_path / "v.zarr", (20, 24, 20), chunks=(8, 8, 8))
     model = boxsum(tmp_path / "m.pt")
@@ -150,7 +172,9 @@ def test_an_error_in_the_model_stops_the_run_and_is_raised(tmp_path, boxsum, mon
     monkeypatch.setattr(BoxSum, "forward", forward)
     again = predict(tmp_path / "v.zarr", tmp_path / "p.zarr", model=model,
                     config=PredictConfig(block=8, device="cpu", workers=2, batch_size=2))
-    assert again["complete"] and again["blocks_skipped"] == done
+    # (a block that was past the model when the error came may still have finished after it)
+    assert again["complete"] and again["blocks_skipped"] >= done
+    assert again["blocks_skipped"] + again["blocks_done"] == 27
 
 
 def test_changed_settings_refused_unless_overwrite(tmp_path, boxsum):
