@@ -109,11 +109,8 @@ def test_shards_resume_and_probabilities(tmp_path, boxsum):
     np.testing.assert_array_equal(probs[...].argmax(axis=0), expected)
 
 
-def test_model_runs_on_the_calling_thread_while_blocks_run_on_dask_threads(tmp_path, boxsum, monkeypatch):
-    """Every forward pass runs on the thread that called predict (one OpenMP team: see _TorchThread); the
-    labels are still exact."""
-    data = binary_volume(tmp_path / "v.zarr", (20, 24, 20), chunks=(8, 8, 8))
-    model = boxsum(tmp_path / "m.pt")
+def _record_forward_threads(monkeypatch):
+    """The set of threads that BoxSum's forward runs on, filled in as it runs."""
     threads = set()
     forward = BoxSum.forward
 
@@ -122,6 +119,15 @@ def test_model_runs_on_the_calling_thread_while_blocks_run_on_dask_threads(tmp_p
         return forward(self, x)
 
     monkeypatch.setattr(BoxSum, "forward", recording)
+    return threads
+
+
+def test_model_runs_on_the_calling_thread_while_blocks_run_on_dask_threads(tmp_path, boxsum, monkeypatch):
+    """Every forward pass runs on the thread that called predict (one OpenMP team: see _TorchThread); the
+    labels are still exact."""
+    data = binary_volume(tmp_path / "v.zarr", (20, 24, 20), chunks=(8, 8, 8))
+    model = boxsum(tmp_path / "m.pt")
+    threads = _record_forward_threads(monkeypatch)
     s = predict(tmp_path / "v.zarr", tmp_path / "p.zarr", model=model,
                 config=PredictConfig(block=8, device="cpu", workers=3, batch_size=2))
     assert s["blocks_done"] == 3 * 3 * 3
@@ -134,14 +140,7 @@ def test_a_dask_worker_runs_the_model_on_one_thread_of_its_own(tmp_path, boxsum,
     distributed = pytest.importorskip("distributed")
     data = binary_volume(tmp_path / "v.zarr", (20, 24, 20), chunks=(8, 8, 8))
     model = boxsum(tmp_path / "m.pt")
-    threads = set()
-    forward = BoxSum.forward
-
-    def recording(self, x):
-        threads.add(threading.get_ident())
-        return forward(self, x)
-
-    monkeypatch.setattr(BoxSum, "forward", recording)
+    threads = _record_forward_threads(monkeypatch)
     with distributed.LocalCluster(n_workers=1, threads_per_worker=3, processes=False,
                                   dashboard_address=None) as cluster:
         s = predict(tmp_path / "v.zarr", tmp_path / "p.zarr", model=model,
