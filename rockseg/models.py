@@ -164,15 +164,13 @@ class Down(nn.Sequential):
 
 
 class Up(nn.Module):
-    """Transposed convolution by 2, concatenation with the skip connection, then a :class:`ConvBlock`."""
+    """A UNet decoder stage: transposed convolution by 2 (``up``), concatenation with the skip connection, then a
+    :class:`ConvBlock` (``conv``). :func:`_decode` runs the parts, so that it can crop between them."""
 
     def __init__(self, spatial_dims: int, in_ch: int, skip_ch: int, out_ch: int, norm: str, act: str) -> None:
         super().__init__()
         self.up = _tconv(spatial_dims)(in_ch, out_ch, 2, stride=2)
         self.conv = ConvBlock(spatial_dims, out_ch + skip_ch, out_ch, norm, act)
-
-    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        return self.conv(torch.cat([self.up(x), skip], dim=1))
 
 
 class BasicBlock(nn.Module):
@@ -406,7 +404,8 @@ def _exact_when_cut(stages: Sequence[tuple[nn.Module, nn.Module]]) -> bool:
     batch norm would make the centre depend on the faces."""
     for module in (m for stage in stages for part in stage for m in part.modules()):
         batch_stats = isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training
-        if batch_stats or not isinstance(module, (*_LOCAL_MODULES, ConvBlock, PreActBlock)):
+        interpolates = isinstance(module, nn.Upsample) and module.mode != "nearest"  # reads its neighbours
+        if batch_stats or interpolates or not isinstance(module, (*_LOCAL_MODULES, ConvBlock, PreActBlock)):
             return False
     return True
 
