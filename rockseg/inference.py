@@ -15,6 +15,9 @@ Each block reads its region plus the halo straight from the input store, normali
 then a completion marker ``PRED.zarr/.rockseg/done/<z>.<y>.<x>``. Re-running the same command skips blocks with a
 marker, so a killed run resumes; ``shard=(i, n)`` takes every n-th block for Slurm job arrays. A 2D model on a 3D
 volume segments it slice by slice (its tiles are one voxel thick along Z).
+
+Dask's threads read, normalise and write blocks; the model runs on one thread (:class:`_TorchThread`) and does
+not compute the halo it would cut off (:func:`~rockseg.models.centre_logits`).
 """
 
 from __future__ import annotations
