@@ -30,10 +30,28 @@ MALLOC_TUNABLES = "glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc
 _malloc_trim: Any = None  # glibc's malloc_trim, once tune_malloc() has taken effect
 
 
+def _dask_worker_defaults() -> dict[str, str]:
+    """The environment a Dask nanny gives its worker processes by default (``distributed.nanny.pre-spawn-environ``:
+    ``MALLOC_TRIM_THRESHOLD_=65536``...), as strings; empty outside a Dask worker."""
+    try:
+        from distributed import get_worker
+
+        get_worker()
+        import dask
+    except (ImportError, ValueError):
+        return {}
+    return {k: str(v) for k, v in (dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {}).items()}
+
+
 def _user_malloc_settings() -> bool:
-    """True when the environment sets malloc tunables of its own (rockseg's own settings for a worker excepted)."""
+    """True when the environment sets malloc tunables of its own. rockseg's own settings for a worker, and a Dask
+    worker's default ``MALLOC_TRIM_THRESHOLD_`` (which trims every freed 64 KiB, so that the engine's large
+    arrays page-fault afresh each block: 40 % slower), are not the user's."""
     tunables = os.environ.get("GLIBC_TUNABLES", "")
-    return ("malloc" in tunables and tunables != MALLOC_TUNABLES) or any(k.startswith("MALLOC_") for k in os.environ)
+    if "malloc" in tunables and tunables != MALLOC_TUNABLES:
+        return True
+    dask_defaults = _dask_worker_defaults() if any(k.startswith("MALLOC_") for k in os.environ) else {}
+    return any(k.startswith("MALLOC_") and dask_defaults.get(k) != v for k, v in os.environ.items())
 
 
 def malloc_environment() -> dict[str, str]:

@@ -46,7 +46,7 @@ import zarr
 from zarr.core.buffer.cpu import NDBuffer
 
 from rockseg.devices import (
-    MALLOC_TUNABLES, available_cpus, malloc_environment, release_free_memory, resolve_device, tune_malloc,
+    available_cpus, malloc_environment, release_free_memory, resolve_device, tune_malloc,
 )
 from rockseg.errors import IncompleteError, InputError, MissingInputError, OutputExistsError
 from rockseg.models import (
@@ -436,6 +436,7 @@ class _Engine:
         self.mask = zarr.open_array(store=job.mask, mode="r") if job.mask else None
         self.flat = self.volume.ndim == 2
         self.stats = {"p_low": job.p_low, "p_high": job.p_high}
+        own_thread = torch_thread is None
         if torch_thread is None:
             torch_thread = _TorchThread()
             torch_thread.start()
@@ -443,8 +444,8 @@ class _Engine:
         self.markers = Path(job.out) / MARKER_DIR / "done"
         self.pool = TilePool(self.runner, job.batch_size)
         self.pool.call = torch_thread.call
-        if os.environ.get("GLIBC_TUNABLES") == MALLOC_TUNABLES:  # a --devices worker: trim after each block
-            tune_malloc()
+        if own_thread:  # a Dask distributed worker (--devices or --scheduler): keep and reuse freed memory, as
+            tune_malloc()  # the rockseg command does (a no-op where the user set malloc options of their own)
         self.buffers: queue.SimpleQueue[BlockBuffers] = queue.SimpleQueue()
 
     def _runner(self) -> TileRunner:

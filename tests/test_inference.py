@@ -518,6 +518,24 @@ def test_tune_malloc_applies_on_glibc_and_yields_to_the_environment():
     assert ran.stdout.strip() == str(glibc)
 
 
+def _worker_malloc_view():
+    from rockseg import devices
+
+    return devices._user_malloc_settings(), os.environ.get("MALLOC_TRIM_THRESHOLD_")
+
+
+@pytest.mark.slow
+def test_a_dask_workers_default_malloc_setting_is_not_taken_for_the_users():
+    """A Dask nanny starts its workers with MALLOC_TRIM_THRESHOLD_=65536 (trim every freed 64 KiB); rockseg's
+    engine tunes the allocator over it, but a value the user chose still wins."""
+    distributed = pytest.importorskip("distributed")
+    for environ, user in (({}, False), ({"MALLOC_TRIM_THRESHOLD_": "1000000"}, True)):
+        with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None,
+                                      env=environ) as cluster, distributed.Client(cluster) as client:
+            view = client.submit(_worker_malloc_view, pure=False).result()
+        assert view == (user, environ.get("MALLOC_TRIM_THRESHOLD_", "65536")), environ
+
+
 def test_release_free_memory_gives_free_heap_pages_back():
     import platform
     import subprocess
