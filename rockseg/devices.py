@@ -71,9 +71,11 @@ def tune_malloc() -> bool:
     Training frees and reallocates its activations every step in the same way: a 3D step (UNet base 16,
     4 x 48^3) 1.49 -> 1.33 s, its validation 12 -> 9.5 s (means of four 40-step epochs each way).
 
-    Call it at the start of a command, before other threads exist. It does nothing (and returns False) off
-    glibc, or when the environment already sets malloc tunables (``GLIBC_TUNABLES`` or ``MALLOC_*``), which
-    are left to win; it is safe to call again, and in a worker process started with :data:`MALLOC_TUNABLES`.
+    Call it at the start of a command, before other threads exist (threads already running keep their own
+    arenas; the rest applies at once, which is why a Dask worker's engine calls it too). It does nothing (and
+    returns False) off glibc, or when the environment already sets malloc tunables (``GLIBC_TUNABLES`` or
+    ``MALLOC_*``, a Dask nanny's default ``MALLOC_TRIM_THRESHOLD_`` excepted), which are left to win; it is safe
+    to call again, and in a worker process started with :data:`MALLOC_TUNABLES`.
     """
     if not sys.platform.startswith("linux") or _user_malloc_settings():
         return False

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import itertools
 import math
 import os
@@ -442,8 +443,7 @@ class _Engine:
             torch_thread.start()
         self.runner: TileRunner = torch_thread.call(self._runner)  # built on the thread that runs it
         self.markers = Path(job.out) / MARKER_DIR / "done"
-        self.pool = TilePool(self.runner, job.batch_size)
-        self.pool.call = torch_thread.call
+        self.pool = TilePool(functools.partial(torch_thread.call, self.runner), job.batch_size)
         if own_thread:  # a Dask distributed worker (--devices or --scheduler): keep and reuse freed memory, as
             tune_malloc()  # the rockseg command does (a no-op where the user set malloc options of their own)
         self.buffers: queue.SimpleQueue[BlockBuffers] = queue.SimpleQueue()
@@ -585,7 +585,8 @@ class TilePool:
     per tile; here its last tile waits for the next block's first. Each block still gets exactly its own tiles'
     results (through its sink, right after their batch) and writes its own chunk: only the batching is shared. A
     partial batch runs as soon as no other block is being read (nothing more can come soon). The batch is
-    stacked into one reused array.
+    stacked into one reused array and handed to ``runner`` (in the engine, a :class:`TileRunner` called on the
+    model's thread).
     """
 
     def __init__(self, runner: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]], batch_size: int) -> None:
@@ -597,8 +598,6 @@ class TilePool:
         self.error: BaseException | None = None
         self._local = threading.local()
         self._stack: np.ndarray | None = None
-        # runs the runner on the thread that owns the model (a _TorchThread's call); None: on the block's thread
-        self.call: Callable[..., Any] | None = None
 
     @contextlib.contextmanager
     def block(self) -> Iterator[None]:
@@ -643,8 +642,7 @@ class TilePool:
                         break
                     self.cv.wait()
             try:
-                stacked = self._batch([t for t, *_ in batch])
-                labels, probs = self.runner(stacked) if self.call is None else self.call(self.runner, stacked)
+                labels, probs = self.runner(self._batch([t for t, *_ in batch]))
                 for k, (_, i, tile_sink, _) in enumerate(batch):
                     tile_sink(i, labels[k], None if probs is None else probs[k])
             except BaseException as exc:
