@@ -3,7 +3,7 @@
     python benchmarks/accuracy.py [--workdir DIR] [--only sandstone|berea] [--minutes-2d M] [--minutes-3d M]
                                   [--berea-dims 3,2] [--noise N]
 
-With the defaults (12 minutes per 2D model, 40 for the 3D model) the whole run takes about 75 minutes on a
+With the defaults (12 minutes per 2D model, 40 for the 3D model) the whole run takes about 70 minutes on a
 2-core CPU.
 
 1. ``../shared/data/sandstone-versa``: a 2D model trained on 8 of the 10 real 4-phase slices (z = 100 and 300 are
