@@ -137,7 +137,7 @@ def simulated_berea(labels: np.ndarray, seed: int = 0, noise: float = NOISE) -> 
     114 grey levels, an interior standard deviation of 15 (contrast-to-noise 7.5) and a voxel-to-voxel noise
     of 5.5 (21). At the default noise of 12 the test half is harder on both counts: contrast 75 after cupping,
     interior 14 (5.2), voxel noise 12 (6.2), and Otsu's threshold gets the pore Euler number wrong forty-fold.
-    ``noise=20`` (about 3.4 and 3.7) is a scan over five times noisier voxel to voxel than the real one.
+    ``noise=20`` (interior 3.5, voxel 3.7) is a scan over five times noisier voxel to voxel than the real one.
     """
     from rockseg.synthetic import simulate_ct
 
