@@ -437,15 +437,13 @@ class _Engine:
         self.mask = zarr.open_array(store=job.mask, mode="r") if job.mask else None
         self.flat = self.volume.ndim == 2
         self.stats = {"p_low": job.p_low, "p_high": job.p_high}
-        own_thread = torch_thread is None
-        if torch_thread is None:
+        if torch_thread is None:  # a Dask distributed worker (--devices or --scheduler): keep and reuse freed
+            tune_malloc()  # memory as the rockseg command does (a no-op where the user set malloc options)
             torch_thread = _TorchThread()
             torch_thread.start()
         self.runner: TileRunner = torch_thread.call(self._runner)  # built on the thread that runs it
         self.markers = Path(job.out) / MARKER_DIR / "done"
         self.pool = TilePool(functools.partial(torch_thread.call, self.runner), job.batch_size)
-        if own_thread:  # a Dask distributed worker (--devices or --scheduler): keep and reuse freed memory, as
-            tune_malloc()  # the rockseg command does (a no-op where the user set malloc options of their own)
         self.buffers: queue.SimpleQueue[BlockBuffers] = queue.SimpleQueue()
 
     def _runner(self) -> TileRunner:
@@ -523,13 +521,18 @@ _ENGINES: dict[BlockJob, _Engine] = {}
 _ENGINES_LOCK = threading.Lock()
 
 
-def run_block(job: BlockJob, index: Triple) -> tuple[int, str]:
-    """Run one block of a job (in any process: the engine is built once per process and job)."""
+def _engine(job: BlockJob, torch_thread: _TorchThread | None = None) -> _Engine:
+    """This process's engine for ``job``, built at the first call (with ``torch_thread``, see :class:`_Engine`)."""
     with _ENGINES_LOCK:
         engine = _ENGINES.get(job)
         if engine is None:
-            engine = _ENGINES[job] = _Engine(job)
-    return engine.run_block(index)
+            engine = _ENGINES[job] = _Engine(job, torch_thread)
+    return engine
+
+
+def run_block(job: BlockJob, index: Triple) -> tuple[int, str]:
+    """Run one block of a job (in any process: the engine is built once per process and job)."""
+    return _engine(job).run_block(index)
 
 
 # receives each tile's results as soon as its batch has run: (tile number, labels, probabilities or None)
@@ -1070,9 +1073,7 @@ def _run_threads(job: BlockJob, todo: list[Triple], workers: int, report: Report
     if not todo:
         return []
     torch_thread = _TorchThread()
-    with _ENGINES_LOCK:  # the model is built here, on the thread that runs it
-        if job not in _ENGINES:
-            _ENGINES[job] = _Engine(job, torch_thread)
+    _engine(job, torch_thread)  # the model is built here, on the thread that runs it
 
     def run(index: Triple) -> tuple[int, str]:
         result = run_block(job, index)
