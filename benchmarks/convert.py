@@ -218,8 +218,8 @@ def breakdown(raw: Path, size: int, compressor: str, work: Path, planes: int = 1
 
     from rockseg import formats
     from rockseg.formats import DEFAULT_CHUNKS_3D, convert, open_source
-    from rockseg.normalization import IntensityAccumulator
-    from rockseg.stores import compressors_for
+    from rockseg.io.intensity import IntensityAccumulator
+    from rockseg.io.stores import compressors_for
 
     planes = min(planes, size)
     chunk = DEFAULT_CHUNKS_3D[0]
@@ -293,7 +293,7 @@ def zarr_writes(store: Path, slabs: list[np.ndarray], planes: int, size: int, co
     import zarr
 
     from rockseg.formats import DEFAULT_CHUNKS_3D
-    from rockseg.stores import compressors_for
+    from rockseg.io.stores import compressors_for
 
     array = zarr.create_array(store=str(store), shape=(planes, size, size), chunks=DEFAULT_CHUNKS_3D,
                               dtype="uint16", compressors=compressors_for(compressor), fill_value=0,

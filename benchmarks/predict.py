@@ -35,7 +35,7 @@ from predict_memory import peak_rss_mib  # benchmarks/ is on the path when run a
 from rockseg.devices import tune_malloc
 from rockseg.inference import TileRunner
 from rockseg.models import UNet, save_model_file
-from rockseg.normalization import intensity_stats, normalize
+from rockseg.io.intensity import intensity_stats, normalize
 from rockseg.synthetic import synthetic_rock
 
 

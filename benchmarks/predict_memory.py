@@ -19,7 +19,7 @@ from pathlib import Path
 
 import zarr
 
-from rockseg.normalization import intensity_stats
+from rockseg.io.intensity import intensity_stats
 from rockseg.synthetic import synthetic_rock
 
 

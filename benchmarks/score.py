@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from rockseg.stores import compressors_for
+from rockseg.io.stores import compressors_for
 
 CHUNK = 128
 THRESHOLDS = (-1.0, 0.2, 1.1)  # cut the field into 4 phases of about 18, 33, 27, 22 %

@@ -15,7 +15,7 @@ Transforms, in the order applied to each tile:
 5. *noise*: Gaussian noise of standard deviation uniform in [0, ``noise_std``].
 6. *blur*: a Gaussian filter of ``sigma`` uniform in ``blur_sigma`` voxels.
 
-The intensity transforms expect normalised float images (:func:`rockseg.normalization.normalize` maps the
+The intensity transforms expect normalised float images (:func:`rockseg.io.intensity.normalize` maps the
 p_low..p_high grey values to 0..1), which is what training passes. Everything is drawn from the generator given,
 so one seed gives one result.
 

@@ -12,7 +12,6 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -23,6 +22,10 @@ from rich.table import Table
 from rockseg import __version__
 from rockseg.errors import RocksegError
 from rockseg.progress import interactive
+from rockseg.vocabulary import (
+    Act, Arch, Augment, Axis, ByteOrder, Compressor, Connectivity, Loss, Norm, Normalization, Optimizer, Precision,
+    Schedule,
+)
 
 app = typer.Typer(
     name="rockseg", add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -54,85 +57,6 @@ def _command(fn: Callable[..., Any]) -> Callable[..., Any]:
             raise typer.Exit(exc.exit_code) from None
 
     return wrapper
-
-
-class Compressor(str, Enum):
-    blosc_zstd = "blosc-zstd"
-    zstd = "zstd"
-    lz4 = "lz4"
-    none = "none"
-
-
-class ByteOrder(str, Enum):
-    little = "little"
-    big = "big"
-
-
-# The keys of rockseg.models.ARCHITECTURES, written out because importing torch here would slow every command
-# (even `rockseg --version`) by seconds; tests/test_training.py checks that both lists agree.
-Arch = Enum("Arch", {name: name for name in (
-    "unet", "resunet", "uresnet", "linknet", "unetpp", "deeplabv3plus", "pspnet")}, type=str)
-
-
-class Loss(str, Enum):
-    """Terms of --loss (rockseg.training.LOSS_TERMS); a loss is any "+"-sum of them, e.g. ce+dice."""
-
-    ce = "ce"
-    dice = "dice"
-    focal = "focal"
-    logiou = "logiou"
-
-
-class Optimizer(str, Enum):
-    adam = "adam"
-    adamw = "adamw"
-    sgd = "sgd"
-
-
-class Schedule(str, Enum):
-    none = "none"
-    plateau = "plateau"
-    exp = "exp"
-    cosine = "cosine"
-
-
-class Augment(str, Enum):
-    none = "none"
-    basic = "basic"
-    strong = "strong"
-
-
-class Norm(str, Enum):
-    batch = "batch"
-    instance = "instance"
-    none = "none"
-
-
-class Act(str, Enum):
-    relu = "relu"
-    elu = "elu"
-
-
-class Precision(str, Enum):
-    auto = "auto"
-    float32 = "float32"
-    bf16 = "bf16"
-
-
-class Normalization(str, Enum):
-    volume = "volume"
-    model = "model"
-
-
-class Axis(str, Enum):
-    z = "z"
-    y = "y"
-    x = "x"
-
-
-class Connectivity(str, Enum):
-    six = "1"
-    twenty_six = "3"
 
 
 def _tune_allocator() -> None:
@@ -213,7 +137,7 @@ def tile(
     overwrite: Annotated[bool, typer.Option(help="replace an existing output")] = False,
 ) -> None:
     """Sample training patches with a validation split spatially disjoint from training."""
-    from rockseg.stores import parse_phases
+    from rockseg.io.stores import parse_phases
     from rockseg.tiling import make_tiles, split_pairs
 
     images, labels = split_pairs(pairs)
@@ -400,7 +324,7 @@ def score(
     from rockseg.errors import InputError
     from rockseg.metrics import score_volumes
     from rockseg.report import check_report_dir, parse_report_slice, score_csv, write_report
-    from rockseg.stores import open_volume, parse_crop, parse_phases, phases_of
+    from rockseg.io.stores import open_volume, parse_crop, parse_phases, phases_of
 
     if json_out and csv_out:
         raise InputError("--json and --csv both print on stdout: give one of them")

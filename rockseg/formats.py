@@ -30,7 +30,7 @@ chunk length along Z, or the shard length with shards) whatever the size of the 
 source or memory-maps a large file. The next slab is read while the current one is compressed and written, and the
 chunks of a slab are compressed and written in parallel, one thread per core (the compressors and file writes release
 the GIL; see :class:`_ChunkFiles`). Every output is built under
-a temporary name and renamed into place when complete (:func:`rockseg.stores.atomic_output`), so a crash, a full disk
+a temporary name and renamed into place when complete (:func:`rockseg.io.stores.atomic_output`), so a crash, a full disk
 or bad data found halfway never leaves a file that looks finished. Bad input raises a
 :class:`~rockseg.errors.RocksegError` before any output is created where it can be known before reading the data.
 
@@ -62,8 +62,9 @@ import zarr
 
 from rockseg.devices import available_cpus
 from rockseg.errors import InputError, MissingInputError, OutputWriteError, RocksegError
-from rockseg.normalization import IntensityAccumulator
-from rockseg.stores import (
+from rockseg.io.intensity import IntensityAccumulator
+from rockseg.vocabulary import BYTE_ORDERS
+from rockseg.io.stores import (
     ATTR_INTENSITY,
     ATTR_PHASES,
     ATTR_PROVENANCE,
@@ -114,7 +115,6 @@ SOURCE_EXTENSIONS = (*TIFF_EXTENSIONS, *PNG_EXTENSIONS, *NETCDF_EXTENSIONS, *RAW
 DEST_EXTENSIONS = (".zarr", *TIFF_EXTENSIONS, ".nc", ".raw", ".bin", ".npy")
 
 DTYPE_NAMES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64", "float32", "float64")
-BYTE_ORDERS = ("little", "big")
 
 # Exports read about this many bytes per slab from sources with no chunking of their own.
 _EXPORT_SLAB_BYTES = 64 << 20
@@ -1522,7 +1522,7 @@ def select_region(
     Parameters
     ----------
     source : any :class:`Source`.
-    crop : ``"Z0:Z1,Y0:Y1,X0:X1"`` (``"Y0:Y1,X0:X1"`` for a 2D image; see :func:`rockseg.stores.parse_crop`) or one
+    crop : ``"Z0:Z1,Y0:Y1,X0:X1"`` (``"Y0:Y1,X0:X1"`` for a 2D image; see :func:`rockseg.io.stores.parse_crop`) or one
         slice per axis, in voxels of the source.
     slices : planes along Z, ``"START:STOP[:STEP]"`` (see :func:`parse_slices`) or a slice, in source planes. With
         both, a plane is kept when it is in both.
@@ -1922,7 +1922,7 @@ def write_zarr(
         each shard is one file holding many chunks, so a large volume is not millions of small files. Slabs are then
         ``shards[0]`` planes deep and bands are whole shard rows, so every shard is written exactly once; memory is
         about one shard row (``shards[0]`` x ``shards[1]`` x X voxels) or two.
-    compressor : one of :data:`rockseg.stores.COMPRESSORS`.
+    compressor : one of :data:`rockseg.io.stores.COMPRESSORS`.
     attrs : extra attributes, written last (they win over the computed ones).
     overwrite : replace an existing ``dest`` (only once the new store is complete).
     progress : show a progress bar on stderr.
@@ -2428,7 +2428,7 @@ def convert(
     slices : keep only the planes ``"START:STOP[:STEP]"`` along Z (the Z voxel size is multiplied by the step).
     chunks : Zarr chunk shape (``.zarr`` only); default (64, 64, 64) clipped to the shape.
     shards : Zarr shard shape (``.zarr`` only), a multiple of ``chunks`` (see :func:`write_zarr`).
-    compressor : Zarr compressor, one of :data:`rockseg.stores.COMPRESSORS`.
+    compressor : Zarr compressor, one of :data:`rockseg.io.stores.COMPRESSORS`.
     voxel_size : micrometres, one value or one per axis, of the source's voxels; default: what the source records.
     overwrite : replace an existing ``dest``.
     progress : show a progress bar on stderr.

@@ -53,9 +53,10 @@ from rockseg.errors import IncompleteError, InputError, MissingInputError, Outpu
 from rockseg.models import (
     centre_logits, file_sha256, fold_batch_norm, model_from_payload, read_model_file, tile_multiple,
 )
-from rockseg.normalization import intensity_stats, normalize
+from rockseg.io.intensity import intensity_stats, normalize
 from rockseg.progress import Reporter
-from rockseg.stores import (
+from rockseg.vocabulary import AXES, NORMALIZATIONS, OUTSIDE, PRECISIONS
+from rockseg.io.stores import (
     ATTR_INTENSITY, ATTR_PHASES, ATTR_PROVENANCE, ATTR_SOURCE, ATTR_VOXEL_SIZE, ATTR_VOXEL_UNIT,
     compressors_for, open_volume, parse_crop, provenance,
 )
@@ -63,11 +64,6 @@ from rockseg.stores import (
 MARKER_DIR = ".rockseg"
 DEFAULT_MODEL = Path(__file__).parent / "data" / "pore-solid-3d.pt"
 DEFAULT_BLOCK = 128
-PRECISIONS = ("auto", "float32", "bf16")
-AXES = ("z", "y", "x")
-OUTSIDE = 255  # label of voxels outside the mask
-AGREEMENT = 0.999  # bf16 is used on a CPU only if its labels agree with float32 on this share of voxels
-NORMALIZATIONS = ("volume", "model")
 
 Triple = tuple[int, int, int]
 
@@ -212,8 +208,10 @@ class TileRunner:
     Parameters
     ----------
     spatial_dims : 2 or 3; a 2D network gets tiles that are one voxel thick along ``axis`` (0, 1 or 2).
-    precision : ``"float32"``, ``"bf16"`` or ``"auto"``: bf16 on CUDA; on a CPU, bf16 only if the CPU has bf16
-        instructions and the labels of the first batch agree with float32 on at least :data:`AGREEMENT` of voxels.
+    precision : ``"float32"``, ``"bf16"`` or ``"auto"``: bf16 on CUDA, float32 on a CPU. On a CPU bf16 is only
+        used when asked for: its rounding depends on the batch a tile runs in (measured on an AVX512-BF16 CPU, 2 of
+        92,160 labels changed between blocks of 16 and 24), which would break the promise that labels do not
+        depend on block size, part split or worker count.
     tta : average probabilities over all flips of each tile.
     margin : (z, y, x) voxels of each face of a tile whose results are not wanted (the halo): the results lack
         them, and UNet-family networks skip the work that only they need (:func:`~rockseg.models.centre_logits`:
@@ -244,12 +242,9 @@ class TileRunner:
             self.flips = [c for r in range(spatial_dims + 1) for c in itertools.combinations(range(2, 2 + spatial_dims), r)]
         self.lock = threading.Lock()
         self.requested = precision
-        self.precision: str | None = None if precision == "auto" else precision
-        if precision == "auto" and (device.type == "cuda"):
-            self.precision = "bf16"
-        elif precision == "auto" and not cpu_has_bf16():
-            self.precision = "float32"
-        self.agreement: float | None = None
+        self.precision = precision
+        if precision == "auto":
+            self.precision = "bf16" if device.type == "cuda" else "float32"
 
     def _logits(self, x: torch.Tensor, bf16: bool) -> torch.Tensor:
         x = x.contiguous(memory_format=self.memory_format)
@@ -279,14 +274,7 @@ class TileRunner:
             x = x.to(self.device, non_blocking=True)
             if self.spatial_dims == 2:
                 x = x.squeeze(2 + self.axis)
-            if self.precision is None:  # auto on a CPU with bf16: keep it only if the labels agree
-                ref = self._probs(x, False)
-                fast = self._probs(x, True)
-                self.agreement = float((ref.argmax(1) == fast.argmax(1)).float().mean())
-                self.precision = "bf16" if self.agreement >= AGREEMENT else "float32"
-                probs = ref
-            else:
-                probs = self._probs(x, self.precision == "bf16")
+            probs = self._probs(x, self.precision == "bf16")
             if self.spatial_dims == 2:
                 probs = probs.unsqueeze(2 + self.axis)
             labels = probs.argmax(dim=1).to(torch.uint8).cpu().numpy()

@@ -43,17 +43,13 @@ import dask
 import numpy as np
 
 from rockseg.errors import InputError
-from rockseg.stores import check_crop, phases_of
+from rockseg.io.stores import check_crop, phases_of
+from rockseg.vocabulary import AXES, CONNECTIVITIES, MAX_LABEL
 
 __all__ = ["AXES", "CONNECTIVITIES", "MAX_LABEL", "euler_lut", "euler_number", "score_volumes"]
 
 #: Connectivity values of the command contract: 1 = neighbours across faces only (6 in 3D, 4 in 2D),
 #: 3 = full neighbourhood (26 in 3D, 8 in 2D).
-CONNECTIVITIES = (1, 3)
-#: Labels are integers 0..MAX_LABEL (uint8 phases).
-MAX_LABEL = 255
-#: Names of the axes of a 3D volume, in order, for per-slice scores.
-AXES = ("z", "y", "x")
 
 _NLABELS = MAX_LABEL + 1
 # Blocks are grown from whole chunks to about this many voxels: large enough that task overhead and the one-voxel
@@ -674,7 +670,7 @@ def score_volumes(
         (``connectivity`` 1 gives the 4-neighbourhood in the plane, 3 the 8-neighbourhood, matching
         ``skimage.measure.euler_number`` on the slice with connectivity 1 / 2), summarised per phase.
     crop : tuple of slices, one per axis, optional
-        Score only this region (see :func:`rockseg.stores.parse_crop`). It is scored as a volume of its own: its
+        Score only this region (see :func:`rockseg.io.stores.parse_crop`). It is scored as a volume of its own: its
         faces are padded with background for the Euler number.
     num_workers : int, optional
         Threads reading and counting blocks; default: one per CPU core.

@@ -18,7 +18,7 @@ A model file is one ``torch.save`` of a plain dict (no pickled classes), so it l
 ``spatial_dims`` / ``in_channels`` / ``phases``
     2 or 3; input channels; ``{label: name}`` of the output classes (labels are 0..classes-1).
 ``normalization``
-    the intensity statistics of the training image (see :mod:`rockseg.normalization`).
+    the intensity statistics of the training image (see :mod:`rockseg.io.intensity`).
 ``tile`` / ``halo``
     recommended tile edge and halo for prediction, in voxels.
 ``training``
@@ -42,13 +42,12 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from rockseg.errors import InputError, MissingInputError, did_you_mean
+from rockseg.vocabulary import ACTIVATIONS, NORMS
 
 FORMAT = "rockseg-model"
 FORMAT_VERSION = 1
 
 
-NORMS = ("batch", "instance", "none")
-ACTIVATIONS = ("relu", "elu")
 ENCODERS: tuple[str, ...] = ("resnet18", "resnet34", "vgg11", "vgg16")
 """Standard backbones an architecture can take as ``encoder``, laid out like torchvision's (see :func:`load_encoder_weights`).
 

@@ -20,7 +20,7 @@
 ``score.json``, ``score.csv``
     the document itself.
 
-The folder is built under a temporary name and renamed when complete (:func:`rockseg.stores.atomic_output`), so
+The folder is built under a temporary name and renamed when complete (:func:`rockseg.io.stores.atomic_output`), so
 a report that exists is whole. Pictures are drawn with Matplotlib's Agg renderer, never a window; a slice larger
 than :data:`MAX_PIXELS` along an axis is read with a stride, so drawing costs little whatever the volume size.
 """
@@ -41,7 +41,7 @@ import numpy as np
 
 from rockseg.errors import InputError
 from rockseg.metrics import AXES, MAX_LABEL
-from rockseg.stores import atomic_output, check_new_output
+from rockseg.io.stores import atomic_output, check_new_output
 
 __all__ = ["MAX_PIXELS", "check_report_dir", "parse_report_slice", "score_csv", "write_report"]
 
@@ -144,7 +144,7 @@ def parse_report_slice(
         ``AXIS`` (its middle slice in the scored region) or ``AXIS=INDEX`` (index in the volume), AXIS one of z, y, x.
     shape : (Z, Y, X) or (Y, X) shape of the volume
     crop : tuple of slices, optional
-        The scored region (:func:`rockseg.stores.parse_crop`); the slice must cut it.
+        The scored region (:func:`rockseg.io.stores.parse_crop`); the slice must cut it.
 
     Returns
     -------

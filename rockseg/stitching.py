@@ -24,7 +24,7 @@ import zarr
 from rockseg.errors import IncompleteError, InputError
 from rockseg.inference import Prediction, block_grid, block_region
 from rockseg.progress import Reporter
-from rockseg.stores import (
+from rockseg.io.stores import (
     ATTR_PHASES, ATTR_PROVENANCE, ATTR_SOURCE, ATTR_VOXEL_SIZE, ATTR_VOXEL_UNIT, atomic_output, check_new_output,
     compressors_for, open_volume, provenance,
 )

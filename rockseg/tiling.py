@@ -49,9 +49,10 @@ from typing import Any, Union
 import numpy as np
 import zarr
 
-from rockseg import stores
+from rockseg.io import stores
 from rockseg.errors import InputError, MissingInputError
-from rockseg.normalization import intensity_stats
+from rockseg.io.intensity import intensity_stats
+from rockseg.vocabulary import AXES, MAX_LABEL
 
 TILES_FORMAT = "rockseg-tiles"
 TILES_FORMAT_VERSION = 2
@@ -67,12 +68,9 @@ MIN_VAL_COUNT = 4
 REGION_BYTES = 256 * 2**20
 #: Target size of one stored chunk of tiles, bytes.
 CHUNK_BYTES = 2 * 2**20
-MAX_LABEL = 255
 #: At most this many image/label pairs in one tile set (``source`` arrays are uint8).
 MAX_SOURCES = 256
 AXIS_NAMES = {3: ("Z", "Y", "X"), 2: ("Y", "X")}
-#: Axes 2D slices may be cut across, in the order of a (Z, Y, X) volume (the names ``rockseg predict`` uses).
-SLICE_AXES = ("z", "y", "x")
 #: Share of the patches of each slab centred on a voxel of a randomly drawn phase when sampling is balanced.
 BALANCED_SHARE = 0.5
 #: Labels are scanned in blocks of about this many voxels (grown from the label chunks) to find where each
@@ -112,7 +110,7 @@ def check_axis(axis: str | None, *, dims: int) -> str | None:
     if axis is None:
         return "z" if dims == 2 else None
     name = str(getattr(axis, "value", axis)).strip().lower()
-    if name not in SLICE_AXES:
+    if name not in AXES:
         raise InputError(f"--axis {axis!r} is not valid: choose z, y or x (the axis 2D slices are cut across)")
     if dims == 3 and name != "z":
         raise InputError(f"--axis {name} applies to 2D slices only: drop --axis or use --dims 2")
@@ -179,7 +177,7 @@ def patch_extent(size: int, *, dims: int, ndim: int, slice_axis: str | None) -> 
     if dims == 3 or ndim == 2:
         return (size,) * ndim
     extent = [size] * ndim
-    extent[SLICE_AXES.index(slice_axis or "z")] = 1
+    extent[AXES.index(slice_axis or "z")] = 1
     return tuple(extent)
 
 
@@ -628,7 +626,7 @@ def make_tiles(
 
     rng = np.random.default_rng(seed)
     patch = (size,) * dims
-    squeeze = SLICE_AXES.index(slice_axis) if dims == 2 and ndim == 3 else None
+    squeeze = AXES.index(slice_axis) if dims == 2 and ndim == 3 else None
     per_chunk = max(1, CHUNK_BYTES // (math.prod(patch) * max(tile_dtype.itemsize, 1)))
     share = BALANCED_SHARE if balance else 0.0
     hist = {}

@@ -51,7 +51,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rockseg import models, stores
+from rockseg import models
+from rockseg.io import stores
 from rockseg.augment import PRESETS as AUGMENT_PRESETS
 from rockseg.augment import AugmentConfig, preset
 from rockseg.augment import augment_batch as _augment
@@ -59,15 +60,9 @@ from rockseg.devices import available_cpus, resolve_device
 from rockseg.errors import InputError, MissingInputError, OutputExistsError, did_you_mean
 from rockseg.models import ARCHITECTURES, build_model, save_model_file
 from rockseg.tiling import read_tiles
+from rockseg.vocabulary import ACTIVATIONS, AUGMENTS, LOSS_TERMS, NORMS, OPTIMIZERS, PRECISIONS, SCHEDULES
 
 #: Terms of ``--loss``; a loss is a "+"-sum of them, e.g. ``ce+dice`` or ``focal+dice``.
-LOSS_TERMS = ("ce", "dice", "focal", "logiou")
-NORMS = ("batch", "instance", "none")
-ACTS = ("relu", "elu")
-OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULES = ("none", "plateau", "exp", "cosine")
-PRECISIONS = ("auto", "float32", "bf16")
-AUGMENTS = tuple(AUGMENT_PRESETS)
 #: Laplace smoothing of the soft Dice and soft IoU: keeps a phase absent from a batch from dominating the loss.
 SMOOTH = 1.0
 #: Plateau schedule: the learning rate is multiplied by this when the validation mean IoU stops improving.
@@ -182,7 +177,7 @@ class TrainConfig:
         """Raise :class:`InputError` for the first bad setting, naming the option and the fix."""
         _choice("arch", self.arch, list(ARCHITECTURES))
         parse_loss(self.loss)
-        for name, value, choices in (("norm", self.norm, NORMS), ("act", self.act, ACTS),
+        for name, value, choices in (("norm", self.norm, NORMS), ("act", self.act, ACTIVATIONS),
                                      ("optimizer", self.optimizer, OPTIMIZERS), ("schedule", self.schedule, SCHEDULES),
                                      ("precision", self.precision, PRECISIONS), ("augment", self.augment, AUGMENTS)):
             _choice(name, value, choices)
@@ -447,7 +442,7 @@ def augment_batch(
 
 
 def _scale_of(stats: Mapping[str, Any]) -> tuple[np.float32, np.float32]:
-    """``(p_low, 1/scale)`` exactly as :func:`rockseg.normalization.normalize` computes them, float32."""
+    """``(p_low, 1/scale)`` exactly as :func:`rockseg.io.intensity.normalize` computes them, float32."""
     lo = float(stats["p_low"])
     scale = float(stats["p_high"]) - lo
     if scale <= 0:

@@ -1135,8 +1135,8 @@ def test_bigtiff_above_the_limit(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("dtype", ["uint8", "int8", "uint16", "int16", "bool", "float32", "int32"])
 def test_slab_statistics_equal_numpy(monkeypatch, dtype):
-    from rockseg import normalization
-    from rockseg.normalization import IntensityAccumulator
+    from rockseg.io import intensity as normalization
+    from rockseg.io.intensity import IntensityAccumulator
 
     monkeypatch.setattr(normalization, "_PIECE", 1000)  # many pieces per slab
     monkeypatch.setattr(normalization, "_HIST_PIECE", 999)
@@ -1245,7 +1245,7 @@ def chunk_files(store: Path) -> dict[str, bytes]:
 @pytest.mark.parametrize("compressor", ["blosc-zstd", "zstd", "lz4", "none"])
 @pytest.mark.parametrize("dtype", ["uint8", "int16", "float32"])
 def test_chunk_files_are_byte_for_byte_what_zarr_writes(tmp_path, compressor, dtype):
-    from rockseg.stores import compressors_for
+    from rockseg.io.stores import compressors_for
 
     cases = [((13, 17, 19), (5, 6, 7), None), ((9, 16), (4, 16), None), ((4, 8, 8), (4, 8, 8), None),
              # shards: 3 x 2 x 3 chunks (a Morton order that skips codes), edge shards with chunks beyond the array
@@ -1284,7 +1284,7 @@ def test_chunk_writer_leaves_other_codec_chains_to_zarr(tmp_path):
 
 @pytest.mark.parametrize("dtype", ["uint16", "int8", "float32"])
 def test_statistics_from_the_chunk_threads_equal_one_pass(tmp_path, monkeypatch, dtype):
-    from rockseg.normalization import IntensityAccumulator
+    from rockseg.io.intensity import IntensityAccumulator
 
     monkeypatch.setattr(formats, "_WRITE_THREADS", 4)
     vol = random_volume((21, 30, 26), dtype)
@@ -1299,7 +1299,7 @@ def test_statistics_from_the_chunk_threads_equal_one_pass(tmp_path, monkeypatch,
 def test_accumulator_updates_from_threads_in_any_order():
     from concurrent.futures import ThreadPoolExecutor
 
-    from rockseg.normalization import IntensityAccumulator
+    from rockseg.io.intensity import IntensityAccumulator
 
     vol = random_volume((40, 33, 35), "int16")
     acc = IntensityAccumulator(vol.dtype)

@@ -23,7 +23,7 @@ from rockseg.inference import PredictConfig, TileGrid, check_complete, predict, 
 from rockseg.models import UNet, save_model_file
 
 
-from conftest import BoxSum, binary_volume, expected_boxsum, grey_volume  # noqa: E402
+from tests.helpers import BoxSum, binary_volume, expected_boxsum, grey_volume  # noqa: E402
 
 
 def test_reflect_index_matches_numpy_pad():
@@ -231,7 +231,7 @@ def test_unet_computing_only_the_kept_centre_equals_the_whole_tiles(tmp_path, tt
     flips, its probabilities) equal the whole volume predicted in memory on the same tile grid with every tile
     computed whole."""
     from rockseg.inference import TileRunner
-    from rockseg.normalization import intensity_stats, normalize
+    from rockseg.io.intensity import intensity_stats, normalize
 
     image = grey_volume(tmp_path / "v.zarr", (36, 40, 28), seed=2, chunks=(16, 16, 16))
     torch.manual_seed(1)
@@ -475,17 +475,17 @@ def test_one_worker_process_per_device(tmp_path):
     assert not (tmp_path / "x.zarr").exists()
 
 
-@pytest.mark.parametrize(("agreement", "expected"), [(0.0, "bf16"), (1.01, "float32")])
-def test_cpu_bf16_only_where_supported_and_labels_agree(tmp_path, monkeypatch, agreement, expected):
+@pytest.mark.parametrize("has_bf16", [False, True])
+def test_cpu_auto_precision_is_float32_bf16_only_when_asked(tmp_path, monkeypatch, has_bf16):
+    # auto never picks bf16 on a CPU, even one with bf16 instructions: bf16 labels depend on the batch
     grey_volume(tmp_path / "v.zarr", (16, 16, 16), seed=6, chunks=(16, 16, 16))
     model = small_unet_model(tmp_path / "m.pt")
-    monkeypatch.setattr(inference, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(inference, "cpu_has_bf16", lambda: has_bf16)
     s = predict(tmp_path / "v.zarr", tmp_path / "a.zarr", model=model, config=PredictConfig(device="cpu"))
-    assert s["precision"] == "float32"  # no bf16 instructions: never emulate it
-    monkeypatch.setattr(inference, "cpu_has_bf16", lambda: True)
-    monkeypatch.setattr(inference, "AGREEMENT", agreement)
-    s = predict(tmp_path / "v.zarr", tmp_path / "b.zarr", model=model, config=PredictConfig(device="cpu"))
-    assert s["precision"] == expected
+    assert s["precision"] == "float32"
+    s = predict(tmp_path / "v.zarr", tmp_path / "b.zarr", model=model,
+                config=PredictConfig(device="cpu", precision="bf16"))
+    assert s["precision"] == "bf16"
 
 
 def test_output_under_a_file_is_refused(tmp_path, boxsum):

@@ -565,7 +565,7 @@ def test_every_network_trains_and_predicts_through_rockseg(arch, dims, tiny_tile
     import zarr
 
     from rockseg.inference import PredictConfig, predict
-    from rockseg.normalization import normalize
+    from rockseg.io.intensity import normalize
     from rockseg.training import TrainConfig, train
 
     root, sets = tiny_tile_sets

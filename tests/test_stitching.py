@@ -8,7 +8,7 @@ import tifffile
 import zarr
 from scipy import ndimage
 
-from conftest import binary_volume, expected_boxsum
+from tests.helpers import binary_volume, expected_boxsum
 from rockseg.errors import IncompleteError, InputError
 from rockseg.inference import PredictConfig, predict
 from rockseg.stitching import stitch

@@ -11,7 +11,7 @@ from scipy import ndimage as ndi
 
 from rockseg import tiling
 from rockseg.errors import InputError, MissingInputError, OutputExistsError
-from rockseg.normalization import intensity_stats
+from rockseg.io.intensity import intensity_stats
 from rockseg.tiling import make_tiles, read_tiles
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"

@@ -9,7 +9,7 @@ A volume written by rockseg is a plain Zarr v3 array that ``zarr.open_array(path
     the file the data came from.
 ``intensity``
     dict of intensity statistics (``min``, ``max``, ``mean``, ``std``, ``p_low``, ``p_high``...) used for global
-    normalisation (see :func:`rockseg.normalization.intensity_stats`).
+    normalisation (see :func:`rockseg.io.intensity.intensity_stats`).
 ``phases``
     dict mapping a label (as a string, JSON keys are strings) to a phase name, for label volumes.
 ``rockseg``
@@ -37,6 +37,7 @@ import zarr.codecs
 
 from rockseg import __version__
 from rockseg.errors import InputError, MissingInputError, OutputExistsError
+from rockseg.vocabulary import COMPRESSORS
 
 ATTR_VOXEL_SIZE = "voxel_size"
 ATTR_VOXEL_UNIT = "voxel_unit"
@@ -45,7 +46,6 @@ ATTR_INTENSITY = "intensity"
 ATTR_PHASES = "phases"
 ATTR_PROVENANCE = "rockseg"
 
-COMPRESSORS = ("blosc-zstd", "zstd", "lz4", "none")
 
 
 def compressors_for(name: str = "blosc-zstd") -> list[Any] | None:
