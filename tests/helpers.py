@@ -5,6 +5,11 @@ Test modules import these from ``tests.helpers``; the fixtures that use them liv
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import torch
 import zarr
@@ -51,3 +56,15 @@ def grey_volume(path, shape, seed=0, chunks=(16, 16, 16)):
                             dtype="uint8")
     arr[...] = data
     return data
+
+
+#: The real data beside the project (``../shared/data``); tests that need it skip with a reason when it is absent.
+DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+
+
+def run_rockseg(*args, cwd=None) -> subprocess.CompletedProcess:
+    """Run the real console entry point in a subprocess."""
+    return subprocess.run(
+        [sys.executable, "-m", "rockseg", *map(str, args)], capture_output=True, text=True, cwd=cwd,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )

@@ -1,0 +1,57 @@
+"""``rockseg predict VOLUME``: block-wise, resumable segmentation of a volume (one part of a job array with --part)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from rockseg.cli.common import app, command, log, out_console, tune_allocator
+from rockseg.progress import interactive
+from rockseg.vocabulary import Axis, Normalization, Precision
+
+
+@app.command()
+@command
+def predict(
+    volume: Annotated[Path, typer.Argument(help="grey-value volume (.zarr)")],
+    model: Annotated[Optional[Path], typer.Option("-m", "--model", help="model file (default: the shipped pore/solid model)")] = None,
+    out: Annotated[Optional[Path], typer.Option("-o", "--out", help="label store to write (default: VOLUME-labels.zarr)")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
+    tile: Annotated[Optional[int], typer.Option(help="network input edge in voxels (default: the model's)")] = None,
+    halo: Annotated[Optional[int], typer.Option(help="context voxels cut off each side of a tile (default: the model's)")] = None,
+    block: Annotated[Optional[int], typer.Option(help="block edge = output chunk edge (default: a multiple of the tile step near 128)")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="tiles per forward pass")] = 4,
+    part: Annotated[Optional[str], typer.Option("--part", "--shard", help="I/N: run only part I of N (0-based), one task of a job array (--shard: the old spelling)")] = None,
+    probabilities: Annotated[Optional[Path], typer.Option(help="also write class probabilities (uint8) to this store")] = None,
+    precision: Annotated[Precision, typer.Option(help="auto: bf16 on CUDA, float32 on CPU")] = Precision.auto,
+    normalize: Annotated[Normalization, typer.Option(help="intensity statistics of the volume or of the training image")] = Normalization.volume,
+    workers: Annotated[int, typer.Option(min=1, help="blocks in flight at once")] = 2,
+    tta: Annotated[bool, typer.Option(help="test-time augmentation: average over all flips of each tile")] = False,
+    crop: Annotated[Optional[str], typer.Option(help="segment only Z0:Z1,Y0:Y1,X0:X1")] = None,
+    mask: Annotated[Optional[Path], typer.Option(help="Zarr mask of the volume's shape: nothing is computed where it is 0 (label 255 there)")] = None,
+    axis: Annotated[Axis, typer.Option(help="axis a 2D model runs along on a 3D volume")] = Axis.z,
+    scheduler: Annotated[Optional[str], typer.Option(help="address of a Dask distributed scheduler, e.g. tcp://host:8786")] = None,
+    devices: Annotated[Optional[str], typer.Option(help="several devices of this node, one worker each, e.g. cuda:0,cuda:1")] = None,
+    overwrite: Annotated[bool, typer.Option(help="discard an existing prediction and start again")] = False,
+) -> None:
+    """Segment a volume block by block (out-of-core, resumable, split into parts for job arrays)."""
+    from rockseg.inference import PredictConfig, parse_shard, predict as run
+
+    tune_allocator()
+
+    config = PredictConfig(
+        tile=tile, halo=halo, block=block, batch_size=batch_size, device=device, precision=precision.value,
+        normalization=normalize.value, shard=parse_shard(part), workers=workers,
+        probabilities=str(probabilities) if probabilities else None, tta=tta, crop=crop,
+        mask=str(mask) if mask else None, axis=axis.value, scheduler=scheduler,
+        devices=tuple(d.strip() for d in devices.split(",")) if devices else None,
+    )
+    s = run(volume, out, model=model, config=config, overwrite=overwrite, progress=interactive(), log=log)
+    state = "complete" if s["complete"] else f"{s['blocks_missing']} blocks still missing (other parts)"
+    out_console.print(
+        f"wrote {s['out']}: {s['voxels']} voxels in {s['seconds']:.1f} s ({s['voxels_per_second'] / 1e6:.2f} Mvoxel/s), "
+        f"{s['blocks_done']} blocks done, {s['blocks_skipped']} already done; {state}"
+        + (f" [{s['precision']}]" if s["precision"] else "")
+    )

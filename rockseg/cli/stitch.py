@@ -1,0 +1,26 @@
+"""``rockseg stitch PRED [PRED ...] -o OUT``: the final labels from complete predictions, fused and exported."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from rockseg.cli.common import app, command, log, out_console
+from rockseg.progress import interactive
+
+
+@app.command()
+@command
+def stitch(
+    preds: Annotated[list[Path], typer.Argument(help="prediction stores written by 'rockseg predict'")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="final labels: .zarr, or an export .tif/.nc/.raw/.npy")],
+    preview: Annotated[Optional[Path], typer.Option(help="also write a downsampled preview pyramid (Zarr group) for viewers")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing output")] = False,
+) -> None:
+    """Check every block is done, fuse several predictions, and write the final labels."""
+    from rockseg.stitching import stitch as run
+
+    s = run(preds, out, overwrite=overwrite, preview=preview, progress=interactive(), log=log)
+    out_console.print(f"wrote {s['out']} ({s['method']} of {len(s['predictions'])} prediction(s)) in {s['seconds']:.1f} s")

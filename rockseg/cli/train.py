@@ -1,0 +1,97 @@
+"""``rockseg train TILES -o MODEL``: a network trained on a tile set, written as one model file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from rockseg.cli.common import app, command, log, out_console, tune_allocator
+from rockseg.progress import interactive
+from rockseg.vocabulary import Act, Arch, Augment, Loss, Norm, Optimizer, Precision, Schedule
+
+
+@app.command()
+@command
+def train(
+    tiles: Annotated[Path, typer.Argument(help="tile set written by 'rockseg tile'")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="model file to write (.pt); MODEL.log.jsonl, MODEL.ckpt and MODEL.curve.png go beside it")],
+    dims: Annotated[Optional[int], typer.Option(min=2, max=3, help="2 or 3; must match the tile set (default: its dims)")] = None,
+    arch: Annotated[Arch, typer.Option(help="network architecture")] = Arch.unet,
+    encoder: Annotated[Optional[str], typer.Option(help="encoder backbone: resnet18, resnet34, vgg11 or vgg16 (default: the architecture's own)")] = None,
+    encoder_weights: Annotated[Optional[Path], typer.Option(help="local file of pretrained encoder weights (nothing is downloaded)")] = None,
+    freeze_encoder: Annotated[bool, typer.Option(help="train only the decoder; the encoder stays as loaded")] = False,
+    base_channels: Annotated[int, typer.Option(min=1, help="channels of the first level")] = 16,
+    depth: Annotated[int, typer.Option(min=1, max=6, help="down-sampling steps")] = 3,
+    norm: Annotated[Norm, typer.Option(help="normalisation layers")] = Norm.batch,
+    act: Annotated[Act, typer.Option(help="activation")] = Act.relu,
+    epochs: Annotated[int, typer.Option(min=1, help="maximum epochs")] = 50,
+    max_minutes: Annotated[Optional[float], typer.Option(help="stop after this wall time, keeping the best model")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="tiles per forward pass (per process under torchrun)")] = 4,
+    accumulate: Annotated[int, typer.Option(min=1, help="forward passes summed into each optimizer step")] = 1,
+    fraction: Annotated[float, typer.Option(help="share of the training tiles used per epoch, 0 < F <= 1 (huge tile sets)")] = 1.0,
+    steps_per_epoch: Annotated[Optional[int], typer.Option(min=1, help="optimizer steps per epoch (default: one pass over the tiles)")] = None,
+    lr: Annotated[float, typer.Option(help="(initial) learning rate")] = 1e-3,
+    optimizer: Annotated[Optimizer, typer.Option(help="adam, adamw or sgd (momentum 0.9, Nesterov)")] = Optimizer.adam,
+    weight_decay: Annotated[Optional[float], typer.Option(help="weight decay (default 0; 0.01 for adamw)")] = None,
+    schedule: Annotated[Schedule, typer.Option(help="plateau: halve on a flat val IoU; exp: decay to --min-lr by the last epoch; cosine: warm restarts")] = Schedule.none,
+    min_lr: Annotated[float, typer.Option(help="floor of the learning-rate schedule")] = 1e-5,
+    cosine_epochs: Annotated[int, typer.Option(min=1, help="epochs between warm restarts of --schedule cosine")] = 10,
+    warmup_epochs: Annotated[int, typer.Option(min=0, help="epochs of linear learning-rate warm-up")] = 0,
+    patience: Annotated[int, typer.Option(min=0, help="epochs without improvement before --schedule plateau lowers the rate")] = 5,
+    loss: Annotated[str, typer.Option(help=f"{', '.join(t.value for t in Loss)}, or a '+'-sum: ce+dice, ce+logiou, focal+dice...")] = "ce+dice",
+    focal_gamma: Annotated[float, typer.Option(help="focusing exponent of the focal loss")] = 2.0,
+    iou_alpha: Annotated[float, typer.Option(help="weight of the logiou term (ce+logiou = CE - alpha log soft IoU)")] = 1.0,
+    class_weights: Annotated[Optional[str], typer.Option(help="for ce and focal: 'balanced' (inverse frequency) or one per class, e.g. 1,2,5,5")] = None,
+    augment: Annotated[Augment, typer.Option(help="basic: flips and 90-degree rotations; strong: also small rotations, intensity, noise, blur")] = Augment.basic,
+    precision: Annotated[Precision, typer.Option(help="auto: bf16 on CUDA and on CPUs with bf16 instructions, else float32")] = Precision.auto,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
+    seed: Annotated[int, typer.Option(min=0)] = 0,
+    threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads (default: all cores)")] = None,
+    loader_threads: Annotated[int, typer.Option(min=1, help="threads preparing batches while the network steps")] = 1,
+    resume: Annotated[bool, typer.Option(help="continue from MODEL.ckpt if it is there (same settings), else start")] = False,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing model file and checkpoint")] = False,
+) -> None:
+    """Train a network on a tile set; keeps the best model by validation mean IoU.
+
+    \b
+    Recipes:
+      2D UNet on slices (base 32, ELU, cross-entropy + log IoU, Adam 1e-3 decayed to 1e-5):
+        rockseg tile image.zarr labels.zarr -o t2.zarr --dims 2 --size 64
+        rockseg train t2.zarr -o unet2d.pt --arch unet --base-channels 32 --act elu
+          --loss ce+logiou --schedule exp --min-lr 1e-5 --fraction 0.2 --epochs 100
+    \b
+      3D UNet on sub-volumes (keeps the connectivity 2D models lose):
+        rockseg tile image.zarr labels.zarr -o t3.zarr --dims 3 --size 48
+        rockseg train t3.zarr -o unet3d.pt --arch unet --base-channels 16
+          --loss ce+dice --max-minutes 120
+    \b
+      UNet with a pretrained encoder (a local weights file), frozen, rare phases weighted:
+        rockseg train t2.zarr -o unet-resnet34.pt --arch unet --encoder resnet34
+          --encoder-weights resnet34.pth --freeze-encoder --loss focal+dice
+          --class-weights balanced --schedule cosine --augment strong
+    \b
+    Several GPUs or processes: torchrun --standalone --nproc_per_node 4 -m rockseg train ...
+    A killed job continues where its last epoch ended: the same command plus --resume.
+    """
+    from rockseg.training import TrainConfig, train as run
+
+    tune_allocator()
+    config = TrainConfig(
+        arch=arch.value, encoder=encoder, encoder_weights=str(encoder_weights) if encoder_weights else None,
+        freeze_encoder=freeze_encoder, base_channels=base_channels, depth=depth, norm=norm.value, act=act.value,
+        epochs=epochs, max_minutes=max_minutes, batch_size=batch_size, accumulate=accumulate, fraction=fraction,
+        steps_per_epoch=steps_per_epoch, lr=lr, optimizer=optimizer.value, weight_decay=weight_decay,
+        schedule=schedule.value, min_lr=min_lr, cosine_epochs=cosine_epochs, warmup_epochs=warmup_epochs,
+        patience=patience, loss=loss, focal_gamma=focal_gamma, iou_alpha=iou_alpha, class_weights=class_weights,
+        augment=augment.value, precision=precision.value, device=device, seed=seed, num_threads=threads,
+        loader_threads=loader_threads,
+    )
+    summary = run(tiles, out, config=config, dims=dims, progress=interactive(), log=log, overwrite=overwrite,
+                  resume=resume)
+    if summary["rank"] == 0:  # under torchrun, one line for the job, not one per process
+        out_console.print(
+            f"wrote {out}: best validation mean IoU {summary['best_val_mean_iou']:.4f} at epoch "
+            f"{summary['best_epoch']} ({summary['epochs']} epochs, {summary['seconds']:.0f} s)"
+        )
