@@ -265,13 +265,13 @@ def predict(
     overwrite: Annotated[bool, typer.Option(help="discard an existing prediction and start again")] = False,
 ) -> None:
     """Segment a volume block by block (out-of-core, resumable, shardable)."""
-    from rockseg.inference import PredictConfig, parse_shard, predict as run
+    from rockseg.inference import PredictConfig, parse_part, predict as run
 
     _tune_allocator()
 
     config = PredictConfig(
         tile=tile, halo=halo, block=block, batch_size=batch_size, device=device, precision=precision.value,
-        normalization=normalize.value, shard=parse_shard(shard), workers=workers,
+        normalization=normalize.value, part=parse_part(shard), workers=workers,
         probabilities=str(probabilities) if probabilities else None, tta=tta, crop=crop,
         mask=str(mask) if mask else None, axis=axis.value, scheduler=scheduler,
         devices=tuple(d.strip() for d in devices.split(",")) if devices else None,
@@ -295,7 +295,7 @@ def stitch(
     overwrite: Annotated[bool, typer.Option(help="replace an existing output")] = False,
 ) -> None:
     """Check every block is done, fuse several predictions, and write the final labels."""
-    from rockseg.stitching import stitch as run
+    from rockseg.inference import stitch as run
 
     s = run(preds, out, overwrite=overwrite, preview=preview, progress=interactive(), log=_log)
     out_console.print(f"wrote {s['out']} ({s['method']} of {len(s['predictions'])} prediction(s)) in {s['seconds']:.1f} s")
