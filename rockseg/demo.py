@@ -32,7 +32,7 @@ def run_demo(
     from rockseg.formats import convert
     from rockseg.inference import PredictConfig, predict
     from rockseg.metrics import score_volumes
-    from rockseg.stitching import stitch
+    from rockseg.inference import stitch
     from rockseg.io.stores import open_volume
     from rockseg.tiling import make_tiles
     from rockseg.training import TrainConfig, train

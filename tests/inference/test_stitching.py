@@ -1,6 +1,11 @@
-"""stitch: completeness, fusion of several predictions (mean probability, majority vote), exports, previews."""
+"""stitch: completeness, fusion of several predictions (mean probability, majority vote), exports, previews;
+and the commands that read predictions (stitch, score) run where torch cannot be imported."""
 
 from __future__ import annotations
+
+import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -11,7 +16,7 @@ from scipy import ndimage
 from tests.helpers import binary_volume, expected_boxsum
 from rockseg.errors import IncompleteError, InputError
 from rockseg.inference import PredictConfig, predict
-from rockseg.stitching import stitch
+from rockseg.inference.stitching import stitch
 
 
 def test_orthogonal_2d_runs_fused_by_mean_probability(tmp_path, boxsum):
@@ -60,7 +65,7 @@ def test_export_and_preview(tmp_path, boxsum):
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "final.tif"), expected_boxsum(data))
     group = zarr.open_group(str(tmp_path / "preview.zarr"), mode="r")
     assert s["preview_levels"] == 0  # already small: no level needed
-    from rockseg.stitching import write_preview
+    from rockseg.inference.stitching import write_preview
 
     levels = write_preview(zarr.open_array(str(tmp_path / "p.zarr")), tmp_path / "pyr.zarr", smallest=10)
     group = zarr.open_group(str(tmp_path / "pyr.zarr"), mode="r")
@@ -75,7 +80,7 @@ def test_incomplete_and_mismatched_inputs(tmp_path, boxsum):
     binary_volume(tmp_path / "w.zarr", (16, 16, 20))
     model = boxsum(tmp_path / "m.pt")
     predict(tmp_path / "v.zarr", tmp_path / "a.zarr", model=model,
-            config=PredictConfig(block=8, device="cpu", shard=(0, 4)))
+            config=PredictConfig(block=8, device="cpu", part=(0, 4)))
     with pytest.raises(IncompleteError, match="6 of 8 blocks missing"):
         stitch([tmp_path / "a.zarr"], tmp_path / "f.zarr")
     predict(tmp_path / "w.zarr", tmp_path / "b.zarr", model=model, config=PredictConfig(block=8, device="cpu"))
@@ -83,3 +88,43 @@ def test_incomplete_and_mismatched_inputs(tmp_path, boxsum):
     with pytest.raises(InputError, match="has shape"):
         stitch([tmp_path / "c.zarr", tmp_path / "b.zarr"], tmp_path / "f.zarr")
     assert not (tmp_path / "f.zarr").exists()
+
+
+# Runs the rockseg command line in a fresh interpreter in which ``import torch`` raises ImportError.
+WITHOUT_TORCH = "import sys; sys.modules['torch'] = None; sys.argv[0] = 'rockseg'; from rockseg.cli import main; main()"
+
+
+def rockseg_without_torch(*args):
+    return subprocess.run([sys.executable, "-c", WITHOUT_TORCH, *map(str, args)], capture_output=True, text=True)
+
+
+def _stitched(tmp_path, boxsum):
+    """A complete prediction of a box-sum volume stitched without torch; the expected labels."""
+    data = binary_volume(tmp_path / "v.zarr", (16, 20, 12))
+    model = boxsum(tmp_path / "m.pt")
+    predict(tmp_path / "v.zarr", tmp_path / "p.zarr", model=model, config=PredictConfig(block=8, device="cpu"))
+    proc = rockseg_without_torch("stitch", tmp_path / "p.zarr", "-o", tmp_path / "final.zarr")
+    assert proc.returncode == 0, proc.stderr
+    assert f"wrote {tmp_path / 'final.zarr'} (copy of 1 prediction(s))" in proc.stdout
+    return expected_boxsum(data)
+
+
+def test_stitch_runs_without_torch(tmp_path, boxsum):
+    expected = _stitched(tmp_path, boxsum)
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "final.zarr"))[...], expected)
+
+
+def test_score_runs_without_torch(tmp_path, boxsum):
+    # score belongs to rockseg.metrics (another package); its command line is tested here, on a stitched
+    # prediction whose truth is the exact box sum, so that every phase present scores IoU 1
+    expected = _stitched(tmp_path, boxsum)
+    truth = zarr.create_array(store=str(tmp_path / "truth.zarr"), shape=expected.shape, chunks=(8, 8, 8),
+                              dtype="uint8")
+    truth[...] = expected
+    proc = rockseg_without_torch("score", tmp_path / "final.zarr", tmp_path / "truth.zarr", "--json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["voxels"] == expected.size and doc["accuracy"] == 1.0 and doc["mean_iou"] == 1.0
+    present = {p["label"]: p for p in doc["phases"] if p["fraction_true"] > 0}
+    assert set(present) == set(np.unique(expected).tolist())
+    assert all(p["iou"] == 1.0 for p in present.values())

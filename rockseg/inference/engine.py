@@ -1,0 +1,168 @@
+"""The block engine: one process's opened stores and loaded model for a :class:`BlockJob`, and
+:func:`run_block`, which runs one block of it in any process (a local thread or a Dask worker).
+
+A block reads its region plus the halo straight from the input store, runs its tiles (:mod:`.region`), writes
+whole output chunks and then its completion marker ``PRED.zarr/.rockseg/done/<z>.<y>.<x>`` (:mod:`.store`). The
+engine is built once per process and job; its model runs on one thread (:class:`~.runner.ModelThread`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import queue
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import zarr
+from zarr.core.buffer.cpu import NDBuffer
+
+from rockseg.devices import available_cpus, release_free_memory, resolve_device, tune_malloc
+from rockseg.errors import InputError
+from rockseg.inference.grid import TileGrid, Triple, block_region
+from rockseg.inference.region import BlockBuffers, TilePool, predict_region
+from rockseg.inference.runner import ModelThread, TileRunner
+from rockseg.inference.store import MARKER_DIR
+from rockseg.models import model_from_payload, read_model_file
+
+
+@dataclass(frozen=True)
+class BlockJob:
+    """Everything a worker needs to run blocks of one prediction; small and picklable for Dask distributed."""
+
+    volume: str
+    out: str
+    model: str
+    model_sha256: str
+    grid: TileGrid
+    block: Triple
+    p_low: float
+    p_high: float
+    batch_size: int
+    device: str
+    precision: str
+    spatial_dims: int
+    axis: int = 0
+    tta: bool = False
+    probabilities: str | None = None
+    mask: str | None = None
+
+
+class _Engine:
+    """The opened stores and the loaded model of one :class:`BlockJob` (one per process, shared by threads)."""
+
+    def __init__(self, job: BlockJob, model_thread: ModelThread | None = None) -> None:
+        """``model_thread`` runs the model (see :class:`ModelThread`); default a thread of the engine's own."""
+        self.job = job
+        self.volume = zarr.open_array(store=job.volume, mode="r")
+        self.out = zarr.open_array(store=job.out, mode="r+")
+        self.probs = zarr.open_array(store=job.probabilities, mode="r+") if job.probabilities else None
+        self.mask = zarr.open_array(store=job.mask, mode="r") if job.mask else None
+        self.flat = self.volume.ndim == 2
+        self.stats = {"p_low": job.p_low, "p_high": job.p_high}
+        if model_thread is None:  # a Dask distributed worker (--devices or --scheduler): keep and reuse freed
+            tune_malloc()  # memory as the rockseg command does (a no-op where the user set malloc options)
+            model_thread = ModelThread()
+            model_thread.start()
+        self.runner: TileRunner = model_thread.call(self._runner)  # built on the thread that runs it
+        self.markers = Path(job.out) / MARKER_DIR / "done"
+        self.pool = TilePool(functools.partial(model_thread.call, self.runner), job.batch_size)
+        self.buffers: queue.SimpleQueue[BlockBuffers] = queue.SimpleQueue()
+
+    def _runner(self) -> TileRunner:
+        job = self.job
+        device = resolve_device(job.device)
+        if device.type == "cpu":
+            torch.set_num_threads(available_cpus())
+        return TileRunner(
+            model_from_payload(read_model_file(job.model)), spatial_dims=job.spatial_dims, device=device,
+            precision=job.precision, probabilities=self.probs is not None, tta=job.tta, axis=job.axis,
+            margin=job.grid.halo,
+        )
+
+    @contextlib.contextmanager
+    def _buffers(self) -> Iterator[BlockBuffers]:
+        """A free set of block buffers (made on first need: as many as blocks are ever in flight at once)."""
+        try:
+            buffers = self.buffers.get_nowait()
+        except queue.Empty:
+            classes = self.probs.shape[0] if self.probs is not None else 0
+            buffers = BlockBuffers(self.job.grid, self.job.block, classes, with_mask=self.mask is not None,
+                                   dtype=self.volume.dtype)
+        try:
+            yield buffers
+        finally:
+            self.buffers.put(buffers)
+
+    def _global(self, box: Sequence[slice]) -> tuple[slice, ...]:
+        """Region coordinates (Z, Y, X) -> the volume's own index (a 2D volume drops Z)."""
+        g = tuple(slice(b.start + o, b.stop + o) for b, o in zip(box, self.job.grid.origin))
+        return g[1:] if self.flat else g
+
+    def read(self, box: tuple[slice, ...], out: np.ndarray | None = None) -> np.ndarray:
+        """Read a (Z, Y, X) box of the input given in volume coordinates (a 2D input is one plane), into ``out``
+        (C-contiguous, the box's shape) when given."""
+        sel = box[1:] if self.flat else box
+        if out is None:
+            data = np.asarray(self.volume[sel])
+        else:
+            target = out[0] if self.flat else out
+            data = np.asarray(self.volume.get_basic_selection(sel, out=NDBuffer.from_numpy_array(target)))
+        data = data[None] if self.flat else data
+        if data.dtype.kind == "f" and not np.isfinite(data).all():
+            where = ",".join(f"{b.start}:{b.stop}" for b in box)
+            raise InputError(
+                f"volume {self.job.volume} holds NaN or Inf values in region {where}: replace them (e.g. with "
+                f"'rockseg convert' after fixing the source) before predicting"
+            )
+        return data
+
+    def run_block(self, index: Triple) -> tuple[int, str]:
+        grid = self.job.grid
+        region = block_region(index, grid.shape, self.job.block)
+        with self._buffers() as buffers:
+            keep = None
+            if self.mask is not None:
+                keep = buffers.keep([r.stop - r.start for r in region])
+                np.not_equal(np.asarray(self.mask[self._global(region)]).reshape(keep.shape), 0, out=keep)
+            with self.pool.block():
+                labels, probs = predict_region(
+                    region, grid=grid, read=self.read, stats=self.stats, run_tiles=self.pool, keep=keep,
+                    buffers=buffers, cropped=self.runner.margin,
+                )
+            target = region[1:] if self.flat else region
+            if self.probs is not None and probs is not None:
+                q = np.rint(probs * np.float32(255)).astype(np.uint8)
+                self.probs[(slice(None), *target)] = q[:, 0] if self.flat else q
+            self.out[target] = labels[0] if self.flat else labels
+        (self.markers / ".".join(map(str, index))).touch()
+        release_free_memory()
+        return int(labels.size), self.runner.precision or self.job.precision
+
+
+_ENGINES: dict[BlockJob, _Engine] = {}
+_ENGINES_LOCK = threading.Lock()
+
+
+def engine_for(job: BlockJob, model_thread: ModelThread | None = None) -> _Engine:
+    """This process's engine for ``job``, built at the first call (with ``model_thread``, see :class:`_Engine`)."""
+    with _ENGINES_LOCK:
+        engine = _ENGINES.get(job)
+        if engine is None:
+            engine = _ENGINES[job] = _Engine(job, model_thread)
+    return engine
+
+
+def run_block(job: BlockJob, index: Triple) -> tuple[int, str]:
+    """Run one block of a job (in any process: the engine is built once per process and job)."""
+    return engine_for(job).run_block(index)
+
+
+def drop_engine(job: BlockJob) -> None:
+    """Forget this process's engine for ``job``, freeing its model (a local run's, once its blocks are done)."""
+    _ENGINES.pop(job, None)
+

@@ -1,0 +1,283 @@
+"""``predict``: segment a volume with a model, block by block, in three steps that can be read alone.
+
+1. check (:func:`_check`): every option against the volume, the model and the output's place, before anything
+   is written or any block runs;
+2. plan (:func:`_plan`): the normalisation statistics, the settings recorded in the output, the prediction store
+   (created, or reopened to resume) and the :class:`~rockseg.inference.engine.BlockJob` every worker runs;
+3. run (:func:`_run`): the blocks of this part that are not done yet, under the part's lock
+   (:mod:`.scheduling` says where), then the summary.
+
+A 2D model on a 3D volume segments it slice by slice (its tiles are one voxel thick along the chosen axis).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import zarr
+
+from rockseg.devices import resolve_device
+from rockseg.errors import InputError, MissingInputError
+from rockseg.inference.config import DEFAULT_BLOCK, DEFAULT_MODEL, PredictConfig
+from rockseg.inference.engine import BlockJob
+from rockseg.inference.grid import TileGrid, Triple, part_blocks
+from rockseg.inference.scheduling import run_blocks
+from rockseg.inference.store import Prediction, RunLock, create_prediction
+from rockseg.io.intensity import intensity_stats
+from rockseg.io.stores import (
+    ATTR_INTENSITY, ATTR_PHASES, ATTR_PROVENANCE, ATTR_SOURCE, ATTR_VOXEL_SIZE, ATTR_VOXEL_UNIT, open_volume,
+    parse_crop, provenance,
+)
+from rockseg.models import file_sha256, read_model_file, tile_multiple
+from rockseg.progress import Reporter
+from rockseg.vocabulary import AXES, NORMALIZATIONS, OUTSIDE, PRECISIONS
+
+
+def predict(
+    volume: str | os.PathLike[str], out: str | os.PathLike[str] | None = None, *,
+    model: str | os.PathLike[str] | None = None, config: PredictConfig = PredictConfig(), overwrite: bool = False,
+    progress: bool = False, log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Segment a volume with a model, block by block; resumable, and split into parts for job arrays.
+
+    Parameters
+    ----------
+    volume : path of a Zarr array, (Z, Y, X) or (Y, X), any numeric dtype.
+    out : path of the label store to write; default ``<volume stem>-labels.zarr`` beside the volume.
+    model : path of a rockseg model file; default the pore/solid model shipped with rockseg.
+    config : the run's settings (:class:`PredictConfig`).
+    overwrite : start again even if ``out`` holds a (possibly different) prediction.
+    progress : show a progress bar; ``log`` gets log lines otherwise.
+
+    Returns
+    -------
+    summary : dict with ``out``, ``voxels``, ``seconds``, ``voxels_per_second``, ``blocks_done``,
+        ``blocks_skipped``, ``blocks_missing`` (blocks of other parts not yet done), ``complete``, ``precision``.
+    """
+    checked = _check(volume, out, model, config)
+    pred, job = _plan(checked, config, overwrite=overwrite)
+    return _run(pred, job, config, progress=progress, log=log)
+
+
+# ------------------------------------------------------------------------------------------------------ check
+@dataclass(frozen=True)
+class _Checked:
+    """The inputs of a run once every option has been checked against them."""
+
+    volume: Path
+    array: zarr.Array
+    out: Path
+    model: Path
+    payload: dict[str, Any]
+    grid: TileGrid
+    block: Triple
+    axis: int
+    device: str  # what each worker resolves: with --devices, their kind ("cuda" or "cpu")
+    mask: str | None  # resolved path
+
+
+def _check(volume: str | os.PathLike[str], out: str | os.PathLike[str] | None,
+           model: str | os.PathLike[str] | None, config: PredictConfig) -> _Checked:
+    """Check every option against the volume, the model and the output's place; nothing is written."""
+    vpath = Path(volume)
+    array = open_volume(vpath, name="volume")
+    if array.dtype.kind not in "uifb":
+        raise InputError(f"volume {vpath} has dtype {array.dtype}: give grey values (integers or floats)")
+    out_path = Path(out) if out is not None else vpath.with_name(f"{vpath.name.removesuffix('.zarr')}-labels.zarr")
+    model_path = Path(model) if model is not None else DEFAULT_MODEL
+    payload = read_model_file(model_path)
+    if int(payload.get("in_channels", 1)) != 1:
+        raise InputError(f"model {model_path} takes {payload['in_channels']} channels but the volume has one")
+    if config.precision not in PRECISIONS:
+        raise InputError(f"--precision {config.precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if config.normalization not in NORMALIZATIONS:
+        raise InputError(f"--normalize {config.normalization!r}: choose volume or model")
+    if config.batch_size < 1 or config.workers < 1:
+        raise InputError("--batch-size and --workers must be at least 1")
+    grid, block, axis = _geometry(payload, array.shape, config, str(vpath))
+    device = _check_devices(config)
+    if config.probabilities and Path(config.probabilities).resolve() == out_path.resolve():
+        raise InputError("--probabilities must be another path than the output")
+    mask_path = None
+    if config.mask:
+        mask = open_volume(config.mask, name="mask")
+        if mask.shape != array.shape:
+            raise InputError(
+                f"mask {config.mask} has shape {mask.shape} but volume {vpath} has {array.shape}: the mask must "
+                f"cover the whole volume"
+            )
+        mask_path = str(Path(config.mask).resolve())
+    _check_output(out_path)
+    if config.scheduler or config.devices:
+        try:
+            import distributed  # noqa: F401
+        except ImportError:
+            raise InputError("--scheduler and --devices need Dask distributed: pip install 'rockseg[distributed]'") from None
+    return _Checked(vpath, array, out_path, model_path, payload, grid, block, axis, device, mask_path)
+
+
+def _check_devices(config: PredictConfig) -> str:
+    """Check ``device`` (or ``devices``) and return the device each worker asks for."""
+    device = config.device
+    if config.devices:
+        if config.scheduler:
+            raise InputError("--devices starts its own workers: give either --devices or --scheduler, not both")
+        for d in config.devices:
+            resolve_device(d)
+        kinds = {d.split(":")[0] for d in config.devices}
+        if len(kinds) != 1 or kinds - {"cpu", "cuda"}:
+            raise InputError(f"--devices {','.join(config.devices)}: list devices of one kind, e.g. cuda:0,cuda:1")
+        device = kinds.pop()  # each worker sees only its own GPU, as cuda:0
+    elif config.scheduler is None:
+        resolve_device(config.device)
+    return device
+
+
+def _check_output(out_path: Path) -> None:
+    """Check that the output can be written where it is asked for."""
+    parent = out_path.resolve().parent
+    if not parent.exists():
+        raise MissingInputError(f"the folder of output {out_path} does not exist: create {parent} first")
+    if not parent.is_dir():
+        raise InputError(f"cannot write output {out_path}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK) or (out_path.exists() and not os.access(out_path, os.W_OK)):
+        raise InputError(f"cannot write output {out_path}: choose a writable place (-o) or fix its permissions")
+
+
+def _geometry(payload: dict[str, Any], volume_shape: Sequence[int], config: PredictConfig,
+              volume_name: str) -> tuple[TileGrid, Triple, int]:
+    """Check tile/halo/block/crop/axis against the model and the volume; return the grid, block and axis."""
+    dims = int(payload["spatial_dims"])
+    if len(volume_shape) not in (2, 3):
+        raise InputError(f"{volume_name} has shape {tuple(volume_shape)}: rockseg predicts 2D (Y, X) or 3D (Z, Y, X)")
+    if dims == 3 and len(volume_shape) == 2:
+        raise InputError(
+            f"{volume_name} is a 2D image {tuple(volume_shape)} but the model is 3D: use a 2D model "
+            f"(rockseg train --dims 2)"
+        )
+    if config.axis not in AXES:
+        raise InputError(f"--axis {config.axis!r}: choose z, y or x")
+    axis = AXES.index(config.axis)
+    if len(volume_shape) == 2 and axis != 0:
+        raise InputError(f"--axis {config.axis}: a 2D image has only the z direction")
+    full: Triple = (1, *volume_shape) if len(volume_shape) == 2 else tuple(volume_shape)  # type: ignore[assignment]
+    crop = parse_crop(config.crop, volume_shape) if config.crop else tuple(slice(0, n) for n in volume_shape)
+    if len(volume_shape) == 2:
+        crop = (slice(0, 1), *crop)
+    shape3: Triple = tuple(c.stop - c.start for c in crop)  # type: ignore[assignment]
+    origin: Triple = tuple(c.start for c in crop)  # type: ignore[assignment]
+    tile = int(config.tile or payload["tile"])
+    halo = int(config.halo if config.halo is not None else payload["halo"])
+    divisor = tile_multiple(payload["arch"], payload["arch_args"])
+    if tile <= 0 or tile % divisor:
+        raise InputError(f"--tile {tile}: this model needs a tile edge that is a positive multiple of {divisor}")
+    in_plane = [n for ax, n in enumerate(full) if not (dims == 2 and ax == axis)]
+    if config.tile is None and min(in_plane) < tile:
+        # the model's recommended tile does not fit this small volume: take the largest tile that does
+        tile = max(divisor, min(in_plane) // divisor * divisor)
+        if config.halo is None:
+            halo = min(halo, (tile - 1) // 4)
+    if halo < 0 or tile - 2 * halo < 1:
+        raise InputError(f"--halo {halo}: with --tile {tile} the halo must be between 0 and {(tile - 1) // 2}")
+    tile3 = [tile] * 3
+    halo3 = [halo] * 3
+    if dims == 2:
+        tile3[axis], halo3[axis] = 1, 0
+    for ax, (n, t) in enumerate(zip(full, tile3)):
+        if n < t:
+            raise InputError(
+                f"{volume_name} has {n} voxels along axis {'ZYX'[ax]}, fewer than the tile edge {t}: use a "
+                f"smaller --tile (a multiple of {divisor})" + (" or a 2D model" if dims == 3 else "")
+            )
+    step = tile - 2 * halo
+    if config.block is not None:
+        if config.block < 1:
+            raise InputError(f"--block {config.block}: give a positive block edge in voxels (e.g. 128)")
+        edge = config.block
+    else:
+        edge = max(step, round(DEFAULT_BLOCK / step) * step)
+    block: Triple = tuple(min(edge, n) for n in shape3)  # type: ignore[assignment]
+    grid = TileGrid(shape3, tuple(tile3), tuple(halo3), origin, full)  # type: ignore[arg-type]
+    return grid, block, axis
+
+
+# ------------------------------------------------------------------------------------------------------ plan
+def _plan(c: _Checked, config: PredictConfig, *, overwrite: bool) -> tuple[Prediction, BlockJob]:
+    """The prediction store (created, or reopened to resume) and the job every worker runs."""
+    stats = _normalization_stats(c.array, c.payload, config.normalization)
+    phases = {int(k): v for k, v in c.payload["phases"].items()}
+    sha = file_sha256(c.model)
+    probabilities = str(Path(config.probabilities).resolve()) if config.probabilities else None
+    settings = {
+        "model_sha256": sha, "tile": list(c.grid.tile), "halo": list(c.grid.halo), "precision": config.precision,
+        "normalization": {k: stats[k] for k in ("p_low", "p_high")}, "volume_shape": list(c.array.shape),
+        "probabilities": bool(config.probabilities), "tta": config.tta,
+        "crop": [list(c.grid.origin), list(c.grid.shape)], "mask": c.mask,
+    }
+    src_attrs = dict(c.array.attrs)
+    attrs = {
+        ATTR_PHASES: {str(k): v for k, v in phases.items()},
+        ATTR_SOURCE: str(c.volume.resolve()),
+        ATTR_PROVENANCE: provenance(
+            model=str(c.model), model_sha256=sha, settings=settings, block=list(c.block), shape3=list(c.grid.shape),
+            probabilities=probabilities, outside_mask=OUTSIDE if c.mask else None,
+        ),
+    }
+    for key in (ATTR_VOXEL_SIZE, ATTR_VOXEL_UNIT):
+        if key in src_attrs:
+            attrs[key] = src_attrs[key]
+    out_shape = c.grid.shape[1:] if c.array.ndim == 2 else c.grid.shape
+    pred = create_prediction(
+        c.out, shape=out_shape, block=c.block, classes=len(phases), attrs=attrs,
+        probabilities=config.probabilities, overwrite=overwrite,
+    )
+    job = BlockJob(
+        volume=str(c.volume.resolve()), out=str(c.out.resolve()), model=str(c.model.resolve()),
+        model_sha256=sha, grid=c.grid,
+        block=c.block, p_low=float(stats["p_low"]), p_high=float(stats["p_high"]), batch_size=config.batch_size,
+        device=c.device, precision=config.precision, spatial_dims=int(c.payload["spatial_dims"]), axis=c.axis,
+        tta=config.tta, probabilities=probabilities, mask=c.mask,
+    )
+    return pred, job
+
+
+def _normalization_stats(array: zarr.Array, payload: dict[str, Any], mode: str) -> dict[str, Any]:
+    if mode == "model":
+        return dict(payload["normalization"])
+    stored = dict(array.attrs).get(ATTR_INTENSITY)
+    if isinstance(stored, dict) and {"p_low", "p_high"} <= stored.keys():
+        return stored
+    return intensity_stats(array)
+
+
+# ------------------------------------------------------------------------------------------------------ run
+def _run(pred: Prediction, job: BlockJob, config: PredictConfig, *, progress: bool,
+         log: Callable[[str], None] | None) -> dict[str, Any]:
+    """Run this part's blocks that are not done yet, under its lock; the summary of :func:`predict`."""
+    blocks = pred.blocks()
+    mine = part_blocks(blocks, config.part)
+    start = time.perf_counter()
+    voxels = 0
+    precisions: set[str] = set()
+    with RunLock(pred.path, config.part):
+        done = pred.done()
+        todo = [b for b in mine if b not in done]
+        with Reporter(len(todo), "predict", bar=progress, log=log) as report:
+            for n, precision in run_blocks(job, todo, config, report):
+                voxels += n
+                precisions.add(precision)
+    seconds = time.perf_counter() - start
+    missing = pred.missing()
+    if not missing:
+        pred.mark_complete()
+    return {
+        "out": str(pred.path), "voxels": voxels, "seconds": seconds,
+        "voxels_per_second": voxels / seconds if seconds > 0 else 0.0,
+        "blocks_done": len(todo), "blocks_skipped": len(mine) - len(todo), "blocks_missing": len(missing),
+        "blocks_total": len(blocks), "complete": not missing, "precision": ",".join(sorted(precisions)) or None,
+    }
