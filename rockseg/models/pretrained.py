@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,120 @@ def _state_dict_in(payload: Any) -> Mapping[str, torch.Tensor] | None:
             return None
         payload = inner
     return None
+
+
+def _read_state_dict(p: Path, name: str) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The named tensors of the weights file ``p`` for a ``name`` backbone, without ``module.`` prefixes, and the
+    keys skipped as not the encoder's: when some keys start with ``encoder.``, only those are kept, unprefixed."""
+    if not p.is_file():
+        raise MissingInputError(
+            f"encoder weights {p} do not exist: check the path (rockseg never downloads weights; save a "
+            f"{name} state dict there with torch.save(model.state_dict(), path) on a machine that has one)"
+        )
+    try:
+        payload = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(
+            f"encoder weights {p} do not load as a plain state dict ({first[:160]}): save the weights with "
+            f"torch.save(model.state_dict(), path), not the whole model"
+        ) from None
+    state = _state_dict_in(payload)
+    if state is None:
+        raise InputError(
+            f"encoder weights {p} hold a {type(payload).__name__} that is not a state dict of named tensors: "
+            f"save the weights with torch.save(model.state_dict(), path)"
+        )
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    skipped: list[str] = []
+    if any(k.startswith("encoder.") for k in state):
+        skipped += [k for k in state if not k.startswith("encoder.")]
+        state = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
+    return state, skipped
+
+
+def _family(name: str) -> str:
+    """``"resnet"`` or ``"vgg"``: the family of the backbone ``name`` of :data:`ENCODERS`."""
+    return "resnet" if name in _RESNET_BLOCKS else "vgg"
+
+
+def _backbone_keys(name: str) -> set[str]:
+    """The state-dict keys of the whole torchvision backbone ``name`` (all its levels), built on the meta device."""
+    with torch.device("meta"):
+        return set(_make_encoder(name, own="", spatial_dims=2, in_channels=3, base_channels=1,
+                                 levels=_ENCODER_LEVELS, strided=_ENCODER_LEVELS, norm="batch",
+                                 act="relu").state_dict())
+
+
+def _adapt(key: str, tensor: torch.Tensor, want: torch.Tensor, first_conv: str) -> tuple[torch.Tensor, bool, bool]:
+    """``tensor`` in the dtype of the encoder's ``want``, a 2D kernel inflated for 3D and the first convolution
+    (``first_conv``) shared over the encoder's input channels; and whether it was inflated, and adapted."""
+    t = tensor.detach().to(dtype=want.dtype)
+    inflated = t.ndim == 4 and want.ndim == 5
+    if inflated:
+        depth = want.shape[2]
+        t = t.unsqueeze(2).repeat(1, 1, depth, 1, 1) / depth
+    adapted = key == first_conv and t.ndim == want.ndim and t.shape[1] != want.shape[1] and \
+        t.shape[0] == want.shape[0] and t.shape[2:] == want.shape[2:]
+    if adapted:
+        channels = want.shape[1]
+        t = t.sum(dim=1, keepdim=True).repeat(1, channels, *([1] * (t.ndim - 2))) / channels
+    return t, inflated, adapted
+
+
+@dataclass(frozen=True)
+class _Match:
+    """The tensors of a weights file matched to an encoder's state dict."""
+
+    tensors: dict[str, torch.Tensor]  # by encoder key, in the encoder's shapes and dtypes
+    skipped: list[str]  # the classifier, and levels of the backbone the encoder does not build
+    unknown: list[str]  # keys the whole backbone lacks: the file holds another network
+    inflated: int  # of the tensors, 2D kernels made 3D
+    adapted: int  # of the tensors, first convolutions summed over the file's channels
+
+
+def _match_backbone(state: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor], name: str,
+                    p: Path) -> _Match:
+    """Match the file's tensors to the encoder's (``target``); InputError for a shape that cannot be adapted."""
+    # the whole torchvision backbone: keys of levels this model does not build are skipped, others are errors
+    reference = _backbone_keys(name)
+    first_conv = _FIRST_CONV[_family(name)]
+    new: dict[str, torch.Tensor] = {}
+    skipped, unknown, inflated, adapted = [], [], 0, 0
+    for key, tensor in state.items():
+        if key.startswith(("fc.", "classifier.")):
+            skipped.append(key)
+            continue
+        if key not in target:
+            (skipped if key in reference else unknown).append(key)
+            continue
+        want = target[key]
+        t, was_inflated, was_adapted = _adapt(key, tensor, want, first_conv)
+        inflated, adapted = inflated + was_inflated, adapted + was_adapted
+        if t.shape != want.shape:
+            raise InputError(
+                f"encoder weights {p}: {key} has shape {tuple(tensor.shape)} but this {_family(name)} encoder "
+                f"needs {tuple(want.shape)}: the file holds another network than {name}; build the model with the "
+                f"encoder the file was saved from"
+            )
+        new[key] = t
+    return _Match(new, skipped, unknown, inflated, adapted)
+
+
+def _check_match(match: _Match, state: Mapping[str, torch.Tensor], name: str, p: Path) -> None:
+    """InputError when the file has no tensor of the encoder, or one the whole backbone lacks."""
+    if not match.tensors:
+        first = next(iter(state), "nothing")
+        raise InputError(
+            f"encoder weights {p} have no tensor of a {name} encoder (first key {first!r}): use a torchvision "
+            f"{name} state dict{' (the vgg*_bn variant)' if _family(name) == 'vgg' else ''}"
+        )
+    if match.unknown:
+        more = f" and {len(match.unknown) - 1} more" if len(match.unknown) > 1 else ""
+        raise InputError(
+            f"encoder weights {p} hold {match.unknown[0]!r}{more}, which a {name} encoder lacks: the file holds "
+            f"another network; build the model with the encoder the file was saved from"
+        )
 
 
 def load_encoder_weights(model: nn.Module, path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -88,82 +203,14 @@ def load_encoder_weights(model: nn.Module, path: str | os.PathLike[str]) -> dict
     """
     p = Path(path)
     name, encoder = _encoder_of(model, f"cannot load encoder weights from {p}")
-    if not p.is_file():
-        raise MissingInputError(
-            f"encoder weights {p} do not exist: check the path (rockseg never downloads weights; save a "
-            f"{name} state dict there with torch.save(model.state_dict(), path) on a machine that has one)"
-        )
-    try:
-        payload = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(
-            f"encoder weights {p} do not load as a plain state dict ({first[:160]}): save the weights with "
-            f"torch.save(model.state_dict(), path), not the whole model"
-        ) from None
-    state = _state_dict_in(payload)
-    if state is None:
-        raise InputError(
-            f"encoder weights {p} hold a {type(payload).__name__} that is not a state dict of named tensors: "
-            f"save the weights with torch.save(model.state_dict(), path)"
-        )
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    skipped: list[str] = []
-    if any(k.startswith("encoder.") for k in state):
-        skipped += [k for k in state if not k.startswith("encoder.")]
-        state = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
-
-    family = "resnet" if name in _RESNET_BLOCKS else "vgg"
-    with torch.device("meta"):
-        # the whole torchvision backbone: keys of levels this model does not build are skipped, others are errors
-        reference = set(_make_encoder(name, own="", spatial_dims=2, in_channels=3, base_channels=1,
-                                      levels=_ENCODER_LEVELS, strided=_ENCODER_LEVELS, norm="batch",
-                                      act="relu").state_dict())
+    state, skipped = _read_state_dict(p, name)
     target = encoder.state_dict()
-    first_conv = _FIRST_CONV[family]
-    new: dict[str, torch.Tensor] = {}
-    unknown, inflated, adapted = [], 0, 0
-    for key, tensor in state.items():
-        if key.startswith(("fc.", "classifier.")):
-            skipped.append(key)
-            continue
-        if key not in target:
-            (skipped if key in reference else unknown).append(key)
-            continue
-        want = target[key]
-        t = tensor.detach().to(dtype=want.dtype)
-        if t.ndim == 4 and want.ndim == 5:
-            depth = want.shape[2]
-            t = t.unsqueeze(2).repeat(1, 1, depth, 1, 1) / depth
-            inflated += 1
-        if key == first_conv and t.ndim == want.ndim and t.shape[1] != want.shape[1] and \
-                t.shape[0] == want.shape[0] and t.shape[2:] == want.shape[2:]:
-            channels = want.shape[1]
-            t = t.sum(dim=1, keepdim=True).repeat(1, channels, *([1] * (t.ndim - 2))) / channels
-            adapted += 1
-        if t.shape != want.shape:
-            raise InputError(
-                f"encoder weights {p}: {key} has shape {tuple(tensor.shape)} but this {family} encoder needs "
-                f"{tuple(want.shape)}: the file holds another network than {name}; build the model with the "
-                f"encoder the file was saved from"
-            )
-        new[key] = t
-    if not new:
-        first = next(iter(state), "nothing")
-        raise InputError(
-            f"encoder weights {p} have no tensor of a {name} encoder (first key {first!r}): use a torchvision "
-            f"{name} state dict{' (the vgg*_bn variant)' if family == 'vgg' else ''}"
-        )
-    if unknown:
-        more = f" and {len(unknown) - 1} more" if len(unknown) > 1 else ""
-        raise InputError(
-            f"encoder weights {p} hold {unknown[0]!r}{more}, which a {name} encoder lacks: the file holds "
-            f"another network; build the model with the encoder the file was saved from"
-        )
-    encoder.load_state_dict(new, strict=False)
+    match = _match_backbone(state, target, name, p)
+    _check_match(match, state, name, p)
+    encoder.load_state_dict(match.tensors, strict=False)
     return {
-        "loaded": len(new), "inflated": inflated, "channels_adapted": adapted,
-        "skipped": sorted(skipped), "missing": sorted(set(target) - set(new)),
+        "loaded": len(match.tensors), "inflated": match.inflated, "channels_adapted": match.adapted,
+        "skipped": sorted(skipped + match.skipped), "missing": sorted(set(target) - set(match.tensors)),
     }
 
 
