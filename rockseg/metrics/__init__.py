@@ -10,7 +10,7 @@ Dice, precision, recall, fractions, Euler numbers, per slice too) is exact. Its 
     the label histogram (confusion counts) of a block.
 ``tally``
     the additive sums a block contributes, and how they add up.
-``blocks``
+``blockwise``
     reading one block (halo, mask, label checks), tallying it; the block grid.
 ``score``
     :func:`score_volumes`: check every option, plan one task per block, run and sum them.

@@ -32,7 +32,7 @@ from rockseg.errors import InputError
 from rockseg.vocabulary import CONNECTIVITIES
 
 if TYPE_CHECKING:
-    from rockseg.metrics.blocks import Plan
+    from rockseg.metrics.blockwise import Plan
 
 __all__ = ["block_euler", "check_connectivity", "compact_lut", "euler_lut", "euler_number", "unscale"]
 

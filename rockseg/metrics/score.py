@@ -33,7 +33,7 @@ import numpy as np
 
 from rockseg.errors import InputError
 from rockseg.io.stores import check_crop, phases_of
-from rockseg.metrics.blocks import Mask, Plan, Volume, block_grid, chunks_of, grow_block, score_block
+from rockseg.metrics.blockwise import Mask, Plan, Volume, block_grid, chunks_of, grow_block, score_block
 from rockseg.metrics.document import per_slice_document, score_document
 from rockseg.metrics.euler import check_connectivity, compact_lut
 from rockseg.metrics.tally import Tally, merge

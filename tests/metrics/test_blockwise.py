@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 from rockseg.errors import InputError
-from rockseg.metrics import blocks, score_volumes
+from rockseg.metrics import blockwise, score_volumes
 from tests.metrics.references import RecordingVolume, check_against_references, random_labels
 
 
 def test_blocks_follow_the_chunk_grid_and_read_only_a_one_voxel_halo(monkeypatch):
-    monkeypatch.setattr(blocks, "_TARGET_BLOCK_VOXELS", 1)  # keep blocks one chunk each
+    monkeypatch.setattr(blockwise, "_TARGET_BLOCK_VOXELS", 1)  # keep blocks one chunk each
     rng = np.random.default_rng(11)
     data = random_labels(rng, (10, 11, 7), [1, 2, 1])
     chunks = (4, 5, 3)
@@ -31,15 +31,15 @@ def test_blocks_follow_the_chunk_grid_and_read_only_a_one_voxel_halo(monkeypatch
 
 
 def test_default_block_grows_whole_chunks():
-    block = blocks.grow_block((64, 64, 64), (1000, 1000, 1000))
-    assert np.prod(block) >= blocks._TARGET_BLOCK_VOXELS
+    block = blockwise.grow_block((64, 64, 64), (1000, 1000, 1000))
+    assert np.prod(block) >= blockwise._TARGET_BLOCK_VOXELS
     assert all(b % 64 == 0 for b in block)
-    assert blocks.grow_block((1, 512, 512), (1000, 1000, 1000)) == (16, 512, 512)
-    assert blocks.grow_block((8, 8, 8), (8, 8, 8)) == (8, 8, 8)  # a whole small volume: one block
+    assert blockwise.grow_block((1, 512, 512), (1000, 1000, 1000)) == (16, 512, 512)
+    assert blockwise.grow_block((8, 8, 8), (8, 8, 8)) == (8, 8, 8)  # a whole small volume: one block
 
 
 def test_crop_reads_nothing_outside_it(monkeypatch):
-    monkeypatch.setattr(blocks, "_TARGET_BLOCK_VOXELS", 1)
+    monkeypatch.setattr(blockwise, "_TARGET_BLOCK_VOXELS", 1)
     data = random_labels(np.random.default_rng(2), (9, 9, 9), [1, 1])
     pred = RecordingVolume(data, (4, 4, 4))
     crop = (slice(2, 7), slice(3, 9), slice(0, 5))
