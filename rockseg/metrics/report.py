@@ -180,40 +180,14 @@ def write_report(
     if len(shape) == 3 and view is None:
         view = parse_report_slice(None, shape, region)
     with_truth = truth is not None and "mean_iou" in doc
-    phases = list(doc["phases"])
-    colours = phase_colours(phases)
 
     where, plane = _plane(region, view if len(shape) == 3 else None)
-    pictures: list[tuple[str, str]] = []
     with atomic_output(directory, overwrite=overwrite) as tmp:
         tmp.mkdir()
         slice_pred = np.asarray(pred[plane])
         slice_true = np.asarray(truth[plane]) if truth is not None else None
         inside = (np.asarray(mask[plane]) != 0) if mask is not None else None
-        draw_slice(tmp / "slice.png", phases, colours, slice_pred, slice_true, inside, where)
-        pictures.append(("slice.png", _slice_caption(where, with_truth, mask is not None)))
-        if with_truth:
-            draw_iou(tmp / "iou.png", doc, colours)
-            pictures.append(("iou.png", "IoU per phase (hatched: left out of the mean IoU)."))
-        draw_fractions(tmp / "fractions.png", phases, colours, with_truth)
-        pictures.append(
-            ("fractions.png", "Volume fraction per phase" + (", predicted and true." if with_truth else "."))
-        )
-        draw_euler(tmp / "euler.png", doc, colours, with_truth)
-        pictures.append((
-            "euler.png",
-            f"Euler number per phase ({neighbourhood(doc)}-neighbourhood)"
-            + (", predicted against true: points on the line are right." if with_truth else "."),
-        ))
-        if "per_slice" in doc:
-            draw_per_slice(tmp / "per_slice.png", doc, colours, with_truth)
-            per = doc["per_slice"]
-            pictures.append((
-                "per_slice.png",
-                f"Per slice across {per['axis']}: " + ("IoU and " if with_truth else "")
-                + f"2D Euler numbers ({per['neighbourhood']}-neighbourhood)"
-                + (", predicted (solid) and true (dashed)." if with_truth else "."),
-            ))
+        pictures = _draw_pictures(tmp, doc, slice_pred, slice_true, inside, where, with_truth)
         (tmp / "score.json").write_text(json.dumps(doc, indent=1) + "\n")
         (tmp / "score.csv").write_text(score_csv(doc))
         sources = {"prediction": pred_name, "truth": truth_name if truth is not None else None,
@@ -221,6 +195,46 @@ def write_report(
         (tmp / "index.html").write_text(_html(doc, pictures, sources, region, with_truth))
         files = sorted(p.name for p in tmp.iterdir())
     return {"dir": str(directory), "files": files}
+
+
+def _draw_pictures(
+    folder: Path,
+    doc: Mapping[str, Any],
+    pred: np.ndarray,
+    truth: np.ndarray | None,
+    inside: np.ndarray | None,
+    where: str,
+    with_truth: bool,
+) -> list[tuple[str, str]]:
+    """Draw the pictures of a report into ``folder``; return their ``(file name, caption)`` in page order."""
+    phases = list(doc["phases"])
+    colours = phase_colours(phases)
+    pictures: list[tuple[str, str]] = []
+    draw_slice(folder / "slice.png", phases, colours, pred, truth, inside, where)
+    pictures.append(("slice.png", _slice_caption(where, with_truth, inside is not None)))
+    if with_truth:
+        draw_iou(folder / "iou.png", doc, colours)
+        pictures.append(("iou.png", "IoU per phase (hatched: left out of the mean IoU)."))
+    draw_fractions(folder / "fractions.png", phases, colours, with_truth)
+    pictures.append(
+        ("fractions.png", "Volume fraction per phase" + (", predicted and true." if with_truth else "."))
+    )
+    draw_euler(folder / "euler.png", doc, colours, with_truth)
+    pictures.append((
+        "euler.png",
+        f"Euler number per phase ({neighbourhood(doc)}-neighbourhood)"
+        + (", predicted against true: points on the line are right." if with_truth else "."),
+    ))
+    if "per_slice" in doc:
+        draw_per_slice(folder / "per_slice.png", doc, colours, with_truth)
+        per = doc["per_slice"]
+        pictures.append((
+            "per_slice.png",
+            f"Per slice across {per['axis']}: " + ("IoU and " if with_truth else "")
+            + f"2D Euler numbers ({per['neighbourhood']}-neighbourhood)"
+            + (", predicted (solid) and true (dashed)." if with_truth else "."),
+        ))
+    return pictures
 
 
 def _plane(region: tuple[slice, ...], view: tuple[int, int] | None) -> tuple[str, tuple[slice | int, ...]]:
