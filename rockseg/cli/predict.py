@@ -37,13 +37,13 @@ def predict(
     overwrite: Annotated[bool, typer.Option(help="discard an existing prediction and start again")] = False,
 ) -> None:
     """Segment a volume block by block (out-of-core, resumable, split into parts for job arrays)."""
-    from rockseg.inference import PredictConfig, parse_shard, predict as run
+    from rockseg.inference import PredictConfig, parse_part, predict as run
 
     tune_allocator()
 
     config = PredictConfig(
         tile=tile, halo=halo, block=block, batch_size=batch_size, device=device, precision=precision.value,
-        normalization=normalize.value, shard=parse_shard(part), workers=workers,
+        normalization=normalize.value, part=parse_part(part), workers=workers,
         probabilities=str(probabilities) if probabilities else None, tta=tta, crop=crop,
         mask=str(mask) if mask else None, axis=axis.value, scheduler=scheduler,
         devices=tuple(d.strip() for d in devices.split(",")) if devices else None,

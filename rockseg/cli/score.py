@@ -34,8 +34,7 @@ def score(
 ) -> None:
     """Per-phase IoU, Dice, precision, recall, fractions and Euler numbers, chunk by chunk."""
     from rockseg.errors import InputError
-    from rockseg.metrics import score_volumes
-    from rockseg.report import check_report_dir, parse_report_slice, score_csv, write_report
+    from rockseg.metrics import check_report_dir, parse_report_slice, score_csv, score_volumes, write_report
     from rockseg.io.stores import open_volume, parse_crop, parse_phases, phases_of
 
     if json_out and csv_out:

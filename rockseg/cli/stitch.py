@@ -20,7 +20,7 @@ def stitch(
     overwrite: Annotated[bool, typer.Option(help="replace an existing output")] = False,
 ) -> None:
     """Check every block is done, fuse several predictions, and write the final labels."""
-    from rockseg.stitching import stitch as run
+    from rockseg.inference import stitch as run
 
     s = run(preds, out, overwrite=overwrite, preview=preview, progress=interactive(), log=log)
     out_console.print(f"wrote {s['out']} ({s['method']} of {len(s['predictions'])} prediction(s)) in {s['seconds']:.1f} s")

@@ -1,14 +1,12 @@
-"""Score output for pipelines and people: CSV, the report folder, and ``rockseg score`` through the CLI.
+"""The report folder and ``rockseg score`` through the CLI.
 
-The numbers themselves are checked against NumPy and scikit-image in test_metrics.py; here we check that they
-reach the CSV, the JSON and the HTML page unchanged, that the pictures are written (and only whole folders
-appear), and that bad input ends with exit code 2 and one clear line.
+The numbers themselves are checked against NumPy and scikit-image in test_score.py, the CSV in test_document.py;
+here we check that they reach the JSON and the HTML page unchanged, that the pictures are written (and only whole
+folders appear), and that bad input ends with exit code 2 and one clear line.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from pathlib import Path
 
@@ -17,27 +15,13 @@ import pytest
 import zarr
 from typer.testing import CliRunner
 
-from rockseg import report
 from rockseg.cli import app
 from rockseg.errors import InputError, OutputExistsError
-from rockseg.metrics import euler_number, score_volumes
-from rockseg.report import parse_report_slice, score_csv, write_report
+from rockseg.metrics import euler_number, parse_report_slice, report, score_csv, score_volumes, write_report
+from tests.metrics.references import parse_csv, two_phase_pair
 
 runner = CliRunner()
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def two_phase_pair(shape=(12, 14, 16), seed=0):
-    """A truth with a few blobs of phases 1 and 2 in phase 0, and a prediction that is off by a little."""
-    rng = np.random.default_rng(seed)
-    z, y, x = np.indices(shape)
-    truth = np.zeros(shape, np.uint8)
-    truth[(z - 5) ** 2 + (y - 6) ** 2 + (x - 5) ** 2 < 16] = 1
-    truth[(z - 7) ** 2 + (y - 8) ** 2 + (x - 12) ** 2 < 9] = 2
-    pred = truth.copy()
-    pred[:, :, 3:5] = np.where(rng.random((shape[0], shape[1], 2)) < 0.5, 1, pred[:, :, 3:5])
-    pred[rng.random(shape) < 0.02] = 2
-    return pred, truth
 
 
 def write_zarr(path: Path, data: np.ndarray, chunks=(5, 6, 7), **attrs) -> Path:
@@ -45,52 +29,6 @@ def write_zarr(path: Path, data: np.ndarray, chunks=(5, 6, 7), **attrs) -> Path:
     array[...] = data
     array.attrs.update(attrs)
     return path
-
-
-def parse_csv(text: str) -> list[dict[str, str]]:
-    return list(csv.DictReader(io.StringIO(text)))
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# CSV
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def test_csv_of_a_hand_made_document():
-    doc = {
-        "phases": [
-            {"label": 0, "name": "pore", "iou": 0.5, "dice": 2 / 3, "precision": None, "recall": 1.0,
-             "fraction_pred": 0.25, "fraction_true": 0.5, "euler_pred": -3, "euler_true": 2},
-            {"label": 7, "name": "clay, wet", "iou": None, "dice": None, "precision": None, "recall": None,
-             "fraction_pred": 0.0, "fraction_true": 0.0, "euler_pred": 0, "euler_true": 0},
-        ],
-        "mean_iou": 0.5, "accuracy": 0.75, "confusion": [[1, 1], [0, 0]], "connectivity": 3, "voxels": 4,
-        "ignore": [7],
-    }
-    assert score_csv(doc) == (
-        "label,name,iou,dice,precision,recall,fraction_pred,fraction_true,euler_pred,euler_true,ignored\n"
-        "0,pore,0.5,0.6666666666666666,,1.0,0.25,0.5,-3,2,0\n"
-        '7,"clay, wet",,,,,0.0,0.0,0,0,1\n'
-    )
-
-
-def test_csv_round_trips_every_number_of_a_score():
-    pred, truth = two_phase_pair()
-    doc = score_volumes(pred, truth, per_slice="y", phases={0: "pore", 1: "grain", 2: "clay"})
-    rows = parse_csv(score_csv(doc))
-    assert [r["name"] for r in rows] == ["pore", "grain", "clay"]
-    per = {p["label"]: p for p in doc["per_slice"]["phases"]}
-    for row, phase in zip(rows, doc["phases"]):
-        for key, value in phase.items():
-            assert row[key] == ("" if value is None else str(value)), key
-            if isinstance(value, float):
-                assert float(row[key]) == value  # full precision
-        assert float(row["slice_iou_mean"]) == per[phase["label"]]["iou_mean"]
-        assert int(row["slice_euler_true_min"]) == per[phase["label"]]["euler_true_min"]
-    assert "ignored" not in rows[0]
-    alone = parse_csv(score_csv(score_volumes(pred)))
-    assert list(alone[0]) == ["label", "name", "fraction_pred", "euler_pred"]
-    assert [int(r["euler_pred"]) for r in alone] == [euler_number(pred == label) for label in (0, 1, 2)]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -188,7 +126,7 @@ def test_a_failed_report_leaves_nothing(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(report, "_draw_euler", broken)
+    monkeypatch.setattr(report, "draw_euler", broken)
     with pytest.raises(RuntimeError, match="disk full"):
         write_report(tmp_path / "report", doc=doc, pred=pred, truth=truth)
     assert list(tmp_path.iterdir()) == []
