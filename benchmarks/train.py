@@ -1,6 +1,6 @@
 """Training throughput: rockseg's training loop against a bare PyTorch loop on tensors already in memory.
 
-For each case, on a synthetic tile set made by ``rockseg.tiling.make_tiles``, measures optimizer steps per second
+For each case, on a synthetic tile set made by ``rockseg.training.make_tiles``, measures optimizer steps per second
 of
 
   - rockseg: ``rockseg.training.train`` with ``--augment basic`` (batches read, normalised and augmented in a
@@ -32,9 +32,8 @@ import zarr
 
 from rockseg.models import build_model
 from rockseg.synthetic import synthetic_rock
-from rockseg.tiling import make_tiles, read_tiles
 from rockseg.training import (
-    TrainConfig, normalize_tiles, tile_normalization, train, training_memory_format, use_bf16,
+    TrainConfig, make_tiles, normalize_tiles, read_tiles, tile_normalization, train, training_memory_format, use_bf16,
 )
 
 CASES = {

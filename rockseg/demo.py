@@ -34,8 +34,7 @@ def run_demo(
     from rockseg.metrics import score_volumes
     from rockseg.inference import stitch
     from rockseg.io.stores import open_volume
-    from rockseg.tiling import make_tiles
-    from rockseg.training import TrainConfig, train
+    from rockseg.training import TrainConfig, make_tiles, train
 
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)

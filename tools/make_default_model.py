@@ -17,8 +17,7 @@ import numpy as np
 import zarr
 
 from rockseg.synthetic import simulate_ct, synthetic_labels
-from rockseg.tiling import make_tiles
-from rockseg.training import TrainConfig, train
+from rockseg.training import TrainConfig, make_tiles, train
 
 OUT = Path(__file__).resolve().parents[1] / "rockseg" / "data" / "pore-solid-3d.pt"
 

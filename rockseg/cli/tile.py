@@ -31,7 +31,7 @@ def tile(
 ) -> None:
     """Sample training patches with a validation split spatially disjoint from training."""
     from rockseg.io.stores import parse_phases
-    from rockseg.tiling import make_tiles, split_pairs
+    from rockseg.training import make_tiles, split_pairs
 
     images, labels = split_pairs(pairs)
     s = make_tiles(

@@ -76,7 +76,7 @@ def tiny_tile_sets(tmp_path_factory):
     import numpy as np
     import zarr
 
-    from rockseg.tiling import make_tiles
+    from rockseg.training import make_tiles
 
     root = tmp_path_factory.mktemp("tiny")
     rng = np.random.default_rng(3)

@@ -1,4 +1,4 @@
-"""Tests of rockseg.augment: exact symmetries, labels that stay labels, intensity-only changes, seeds."""
+"""Tests of rockseg.training.augment: exact symmetries, labels that stay labels, intensity-only changes, seeds."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from rockseg.augment import PRESETS, AugmentConfig, augment_batch, gamma, preset, small_rotation, symmetry
 from rockseg.errors import InputError
+from rockseg.training.augment import PRESETS, AugmentConfig, augment_batch, gamma, preset, small_rotation, symmetry
 
 INTENSITY_ONLY = AugmentConfig(flip=0.0, transpose=False, scale=1.0, gamma=1.0, noise=1.0, blur=1.0)
 
@@ -153,3 +153,23 @@ def test_presets_and_checks():
         AugmentConfig(gamma_range=(1.5, 0.7)).check()
     with pytest.raises(ValueError, match="same shape"):
         augment_batch(np.zeros((1, 4, 4)), np.zeros((1, 4, 5)), np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("shape", [(6, 5, 5), (4, 3, 4, 4)])
+def test_augment_moves_images_and_labels_together(shape):
+    images = np.arange(np.prod(shape), dtype=np.int32).reshape(shape)
+    labels = (images % 7).astype(np.uint8)
+    img, lab = augment_batch(images, labels, np.random.default_rng(0))
+    np.testing.assert_array_equal(lab, img % 7)
+    spatial = len(shape) - 1
+    seen = set()
+    for i in range(shape[0]):
+        variants = []
+        for flips in itertools.product([False, True], repeat=spatial):
+            axes = tuple(a for a, f in enumerate(flips) if f)
+            flipped = np.flip(images[i], axes) if axes else images[i]
+            variants += [np.rot90(flipped, k, axes=(-2, -1)) for k in range(4)]
+        match = [j for j, v in enumerate(variants) if np.array_equal(v, img[i])]
+        assert match, "each tile must be a flip/rotation of its input"
+        seen.add(match[0])
+    assert len(seen) > 1

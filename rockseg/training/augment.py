@@ -113,7 +113,7 @@ def preset(name: str | bool) -> AugmentConfig:
 
 
 def augment_batch(
-    images: np.ndarray, labels: np.ndarray, rng: np.random.Generator, *, config: AugmentConfig = PRESETS["basic"],
+    images: np.ndarray, labels: np.ndarray, rng: np.random.Generator, *, config: AugmentConfig | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Augment each tile of a batch; images and labels move together.
 
@@ -123,7 +123,7 @@ def augment_batch(
         rotations (other dtypes are converted to float32 when one of them applies).
     labels : (N, *S) integer labels.
     rng : generator every random choice is drawn from.
-    config : which transforms, how likely and how strong.
+    config : which transforms, how likely and how strong; default ``PRESETS["basic"]`` (flips and 90° rotations).
 
     Returns
     -------
@@ -131,6 +131,8 @@ def augment_batch(
     """
     if images.shape != labels.shape:
         raise ValueError(f"images {images.shape} and labels {labels.shape} must have the same shape")
+    if config is None:
+        config = PRESETS["basic"]
     floating = config.rotate or config.scale or config.gamma or config.noise or config.blur
     out_dtype = np.float32 if floating and not np.issubdtype(images.dtype, np.floating) else images.dtype
     out_img = np.empty(images.shape, out_dtype)
