@@ -43,7 +43,7 @@ class Axis(str, Enum):
 
 
 class Precision(str, Enum):
-    """auto: bf16 on CUDA; on a CPU, float32 for prediction and bf16 for training where the CPU has bf16 instructions."""
+    """auto: bf16 on CUDA, float32 on a CPU (bf16 labels depend on the batch, and bf16 training diverged there)."""
 
     auto = "auto"
     float32 = "float32"

@@ -45,7 +45,7 @@ def train(
     iou_alpha: Annotated[float, typer.Option(help="weight of the logiou term (ce+logiou = CE - alpha log soft IoU)")] = 1.0,
     class_weights: Annotated[Optional[str], typer.Option(help="for ce and focal: 'balanced' (inverse frequency) or one per class, e.g. 1,2,5,5")] = None,
     augment: Annotated[Augment, typer.Option(help="basic: flips and 90-degree rotations; strong: also small rotations, intensity, noise, blur")] = Augment.basic,
-    precision: Annotated[Precision, typer.Option(help="auto: bf16 on CUDA and on CPUs with bf16 instructions, else float32")] = Precision.auto,
+    precision: Annotated[Precision, typer.Option(help="auto: bf16 on CUDA, float32 on a CPU (bf16 training diverged there)")] = Precision.auto,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
     seed: Annotated[int, typer.Option(min=0)] = 0,
     threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads (default: all cores)")] = None,

@@ -38,7 +38,6 @@ from rockseg.inference.store import MARKER_DIR, Prediction, check_complete
 _LAZY = {
     "predict": "rockseg.inference.predicting",
     "TileRunner": "rockseg.inference.runner",
-    "cpu_has_bf16": "rockseg.inference.runner",
     "BlockJob": "rockseg.inference.engine",
     "run_block": "rockseg.inference.engine",
 }
@@ -46,7 +45,7 @@ _LAZY = {
 __all__ = [
     "DEFAULT_BLOCK", "DEFAULT_MODEL", "EXPORTS", "MARKER_DIR", "BlockBuffers", "BlockJob", "PredictConfig",
     "Prediction", "TileGrid", "TilePool", "TileRunner", "block_grid", "block_region", "check_complete",
-    "cpu_has_bf16", "parse_part", "part_blocks", "predict", "predict_region", "reflect_index", "run_block",
+    "parse_part", "part_blocks", "predict", "predict_region", "reflect_index", "run_block",
     "stitch", "write_preview",
 ]
 

@@ -24,16 +24,6 @@ from rockseg.inference.grid import Triple
 from rockseg.models import centre_logits, fold_batch_norm
 
 
-def cpu_has_bf16() -> bool:
-    """True when this CPU has bf16 instructions (AVX512-BF16 or AMX); without them bf16 is emulated and slow."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "").split()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 class TileRunner:
     """Runs batches of tiles through the network and returns labels (and probabilities when asked).
 

@@ -73,7 +73,7 @@ class TrainConfig:
         ``"1,2,5,5"``; applied to ``ce`` and ``focal``.
     augment : ``"none"``, ``"basic"`` (flips and 90° rotations) or ``"strong"`` (also small rotations, intensity
         scale/shift, gamma, noise and blur); see :mod:`rockseg.training.augment`.
-    precision : ``"auto"`` (bf16 autocast on a CUDA GPU or a CPU with bf16 instructions, else float32),
+    precision : ``"auto"`` (bf16 autocast on a CUDA GPU with bf16 support, else float32),
         ``"float32"`` or ``"bf16"``.
     device : ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
     seed : seed of weight initialisation, batch order and augmentation (>= 0); runs on one CPU are reproducible.
