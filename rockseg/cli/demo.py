@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from rockseg.cli.common import app, command, log, out_console, tune_allocator
-from rockseg.cli.score import score_table
+from rockseg.cli.tables import score_table
 from rockseg.progress import interactive
 
 

@@ -1,6 +1,6 @@
 """Scoring label volumes, exactly and block by block, and showing the score: CSV, pictures and an HTML report.
 
-:func:`score_volumes` (the library behind ``rockseg score``) reads the volumes block by block with Dask's threaded
+:func:`score_volumes` (the library behind ``rockseg score``, through :func:`score_stores`) reads the volumes block by block with Dask's threaded
 scheduler, so memory stays bounded whatever the volume size, and every number it reports (confusion matrix, IoU,
 Dice, precision, recall, fractions, Euler numbers, per slice too) is exact. Its modules, in the order a score runs:
 
@@ -19,6 +19,8 @@ Dice, precision, recall, fractions, Euler numbers, per slice too) is exact. Its 
 ``figures``, ``report``
     the pictures and the report folder (:func:`write_report`, :func:`check_report_dir`,
     :func:`parse_report_slice`).
+``stores``
+    :func:`score_stores`: what ``rockseg score`` runs on stores named by path (open, check, score, report).
 
 This package imports only ``rockseg.errors``, ``rockseg.vocabulary`` and ``rockseg.io.stores`` from rockseg, and
 never torch: ``rockseg score`` runs where torch is not installed. Matplotlib is imported only to draw a picture.
@@ -30,6 +32,7 @@ from rockseg.metrics.document import score_csv
 from rockseg.metrics.euler import euler_lut, euler_number
 from rockseg.metrics.report import MAX_PIXELS, check_report_dir, parse_report_slice, write_report
 from rockseg.metrics.score import score_volumes
+from rockseg.metrics.stores import score_stores
 
 __all__ = [
     "MAX_PIXELS",
@@ -38,6 +41,7 @@ __all__ = [
     "euler_number",
     "parse_report_slice",
     "score_csv",
+    "score_stores",
     "score_volumes",
     "write_report",
 ]

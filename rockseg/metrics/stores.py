@@ -1,0 +1,57 @@
+"""Scoring label stores named by path: what ``rockseg score`` runs (open, check, score, and the report).
+
+Every option is checked before any voxel is read (a bad ``--report-slice`` or an existing report folder is found
+now, not after an hour of scoring); :func:`rockseg.metrics.score.score_volumes` then does the work.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rockseg.io.stores import open_volume, parse_crop, parse_phases, phases_of
+from rockseg.metrics.report import check_report_dir, parse_report_slice, write_report
+from rockseg.metrics.score import score_volumes
+
+
+def score_stores(
+    pred: str | os.PathLike[str],
+    truth: str | os.PathLike[str] | None = None,
+    *,
+    connectivity: int = 3,
+    crop: str | None = None,
+    phases: str | None = None,
+    ignore: Sequence[int] = (),
+    mask: str | os.PathLike[str] | None = None,
+    per_slice: str | None = None,
+    report: str | os.PathLike[str] | None = None,
+    report_slice: str | None = None,
+    num_workers: int | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """The score document of the label store ``pred`` (against ``truth`` when given), as ``score --json`` prints.
+
+    ``phases`` ("0=pore,1=grain") names the phases and makes any other label an error; without it the names come
+    from the stores' attributes. ``crop`` ("Z0:Z1,Y0:Y1,X0:X1") scores a region. With ``report``, pictures and an
+    ``index.html`` are written into that new folder (``overwrite`` replaces an existing one).
+    """
+    p = open_volume(pred, name="prediction")
+    t = open_volume(truth, name="truth") if truth is not None else None
+    m = open_volume(mask, name="mask") if mask is not None else None
+    named = parse_phases(phases)
+    names = named or phases_of(p) or (phases_of(t) if t is not None else {})
+    region = parse_crop(crop, p.shape) if crop else None
+    if report is not None:
+        view = parse_report_slice(report_slice, p.shape, region)
+        check_report_dir(Path(report), overwrite=overwrite)
+    result = score_volumes(
+        p, t, connectivity=connectivity, phases=names, strict_phases=bool(named), ignore=ignore, mask=m,
+        per_slice=per_slice, crop=region, num_workers=num_workers, pred_name=str(pred), truth_name=str(truth),
+        mask_name=str(mask),
+    )
+    if report is not None:
+        write_report(Path(report), doc=result, pred=p, truth=t, mask=m, crop=region, view=view, pred_name=str(pred),
+                     truth_name=str(truth), mask_name=str(mask), overwrite=overwrite)
+    return result
