@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import zarr
 from typer.testing import CliRunner
 
 from rockseg import __version__
