@@ -18,6 +18,10 @@ Modules:
     the simulated micro-CT image of a label volume: :func:`simulate_ct`.
 ``scan``
     rock and image together, in memory or as lazy Dask arrays made block by block: :func:`synthetic_rock`.
+``realistic``
+    a hard, realistic simulated scan of any given pore space (a real segmentation or a synthetic rock): a thin
+    micro-porous rim phase, correlated noise at contrast-to-noise 4-5, blur, cupping, rings, 8 or 16 bits:
+    :func:`realistic_scan` (in memory, seeded NumPy generator; for benchmarks and the shipped model).
 
 The defaults are tuned so that segmentation is learnable but not trivial: on a 96^3 volume, 4-class multi-Otsu
 thresholds of the raw image give a mean IoU of about 0.83, a 3x3x3 median filter before the same thresholds about
@@ -40,6 +44,10 @@ from __future__ import annotations
 from rockseg.synthetic.ct import simulate_ct
 from rockseg.synthetic.parameters import PHASE_GREY, PHASES, CTOptions, RockOptions
 from rockseg.synthetic.rock import synthetic_labels
+from rockseg.synthetic.realistic import SCAN_PHASES, ScanOptions, realistic_scan
 from rockseg.synthetic.scan import synthetic_rock
 
-__all__ = ["CTOptions", "PHASES", "PHASE_GREY", "RockOptions", "simulate_ct", "synthetic_labels", "synthetic_rock"]
+__all__ = [
+    "CTOptions", "PHASES", "PHASE_GREY", "RockOptions", "SCAN_PHASES", "ScanOptions", "realistic_scan", "simulate_ct",
+    "synthetic_labels", "synthetic_rock",
+]
