@@ -17,7 +17,8 @@ training (``rockseg train``)
     :mod:`~rockseg.training.hardware` (device, threads, bf16) and :mod:`~rockseg.training.distributed`
     (torchrun).
 
-This package may import :mod:`rockseg.io`, :mod:`rockseg.models`, :mod:`rockseg.errors`, :mod:`rockseg.devices`,
+This package may import :mod:`rockseg.io`, :mod:`rockseg.models`, :mod:`rockseg.metrics` (Euler numbers of the
+validation tiles), :mod:`rockseg.errors`, :mod:`rockseg.devices`,
 :mod:`rockseg.progress` and :mod:`rockseg.vocabulary`; of rockseg, only the command line and the demo import it.
 
 The names below are re-exported lazily (a module ``__getattr__``), so that importing the tile-set modules, as

@@ -34,7 +34,7 @@ from rockseg.training.hardware import _autocast
 from rockseg.training.losses import loss_function
 from rockseg.training.optimizers import _optimizer, _scheduler, _step_schedule, _warm_up
 from rockseg.training.settings import TrainConfig
-from rockseg.training.validation import _confusion, iou_from_confusion
+from rockseg.training.validation import _validation_counts, euler_error, iou_from_confusion, selection_score
 
 
 def _steps_per_epoch(config: TrainConfig, n_train: int, world: int) -> int:
@@ -67,7 +67,8 @@ class _Run:
     optimizer_steps: int = 0
     stopped: str = "epochs"
     history: list[dict[str, Any]] = field(default_factory=list)
-    best: dict[str, Any] = field(default_factory=lambda: {"epoch": 0, "mean_iou": -1.0, "per_phase": [], "state": None})
+    best: dict[str, Any] = field(default_factory=lambda: {"epoch": 0, "mean_iou": -1.0, "score": -math.inf,
+                                                          "per_phase": [], "state": None})
     previous_elapsed: float = 0.0
     train_seconds: float = 0.0
 
@@ -143,15 +144,16 @@ class _Run:
             bar.start(epoch, c.epochs, self.steps)
         loss_sum, batches, done, lr, stop = self._train_epoch(epoch, bar.show if bar else None)
         t_train = time.monotonic() - t_epoch
-        mean_iou, per_phase = self._validate()
+        mean_iou, score, per_phase = self._validate()
         _step_schedule(self.scheduler, c.schedule, mean_iou)
         self.epoch, self.train_seconds = epoch, self.train_seconds + t_train
-        if round(mean_iou, 6) > self.best["mean_iou"]:
-            self.best = {"epoch": epoch, "mean_iou": round(mean_iou, 6), "per_phase": per_phase,
+        if round(score, 6) > self.best.get("score", self.best["mean_iou"]):
+            self.best = {"epoch": epoch, "mean_iou": round(mean_iou, 6), "score": round(score, 6),
+                         "per_phase": per_phase,
                          "state": {k: v.detach().cpu().clone() for k, v in self.net.state_dict().items()}}
         now = time.monotonic()
         record = {"epoch": epoch, "loss": loss_sum / max(batches, 1), "val_mean_iou": round(mean_iou, 6),
-                  "val_iou": per_phase, "lr": lr, "steps": done, "partial": done < self.steps,
+                  "val_score": round(score, 6), "val_iou": per_phase, "lr": lr, "steps": done, "partial": done < self.steps,
                   "seconds": round(now - t_epoch, 3), "train_seconds": round(t_train, 3),
                   "elapsed": round(self.elapsed(), 3), "world_size": self.dist_info.world}
         self.history.append(record)
@@ -242,19 +244,25 @@ class _Run:
             show(done, value / batches)
         return stop_now
 
-    def _validate(self) -> tuple[float, list[dict[str, Any]]]:
-        """Validation mean IoU and per-phase IoU; each process scores its share of the tiles, counts are summed."""
+    def _validate(self) -> tuple[float, float, list[dict[str, Any]]]:
+        """Validation mean IoU, the selection score and per-phase IoU and Euler error; each process scores its
+        share of the tiles, and the counts are summed."""
         d, val = self.dist_info, self.parts["val"]
         _broadcast_buffers(self.net, d)  # score the weights rank 0 will save
         indices = np.arange(d.rank, len(val), d.world)
-        confusion = _confusion(self.net, val, classes=self.classes, device=self.device,
-                               batch_size=max(self.config.batch_size, 8), bf16=self.bf16, indices=indices)
-        confusion = _reduce(torch.from_numpy(confusion).to(d.reduce_on(self.device)), d).cpu().numpy()
-        iou = iou_from_confusion(confusion)
+        confusion, euler_sums = _validation_counts(self.net, val, classes=self.classes, device=self.device,
+                                                   batch_size=max(self.config.batch_size, 8), bf16=self.bf16,
+                                                   indices=indices)
+        on = d.reduce_on(self.device)
+        confusion = _reduce(torch.from_numpy(confusion).to(on), d).cpu().numpy()
+        euler_sums = _reduce(torch.from_numpy(euler_sums).to(on), d).cpu().numpy()
+        iou, errors = iou_from_confusion(confusion), euler_error(euler_sums)
         mean_iou = float(np.nanmean(iou)) if np.isfinite(iou).any() else 0.0
         per_phase = [{"label": k, "name": self.phases.get(k, f"phase{k}"),
-                      "iou": None if math.isnan(v) else round(float(v), 6)} for k, v in enumerate(iou)]
-        return mean_iou, per_phase
+                      "iou": None if math.isnan(v) else round(float(v), 6),
+                      "euler_error": None if math.isnan(e) else round(float(e), 6)}
+                     for k, (v, e) in enumerate(zip(iou, errors))]
+        return mean_iou, selection_score(iou, errors), per_phase
 
 
 # --------------------------------------------------------------------------------------------- what a run shows
@@ -273,12 +281,18 @@ class _EpochBar:
 
 
 def _epoch_line(record: Mapping[str, Any], epochs: int, is_best: bool) -> str:
-    phases = ", ".join(f"{p['name']} {p['iou']:.3f}" for p in record["val_iou"] if p["iou"] is not None)
+    phases = ", ".join(f"{p['name']} {p['iou']:.3f}" + _euler_text(p) for p in record["val_iou"]
+                       if p["iou"] is not None)
     note = " (cut short by --max-minutes)" if record["partial"] else ""
     return (
         f"epoch {record['epoch']}/{epochs}  loss {record['loss']:.4f}  val mean IoU {record['val_mean_iou']:.4f}"
         f"{' *' if is_best else ''}  [{phases}]  lr {record['lr']:.2e}  {record['seconds']:.1f} s{note}"
     )
+
+
+def _euler_text(phase: Mapping[str, Any]) -> str:
+    error = phase.get("euler_error")
+    return "" if error is None else f" (Euler {100 * error:.0f}% off)"
 
 
 def _progress_bar() -> Any:

@@ -253,6 +253,7 @@ def _summary(
         "stopped": run.stopped,
         "best_epoch": best["epoch"],
         "best_val_mean_iou": best["mean_iou"],
+        "best_val_score": best.get("score"),
         "val_iou": best["per_phase"],
         "seconds": round(time.monotonic() - t0, 3),
         "elapsed": round(run.elapsed(), 3),

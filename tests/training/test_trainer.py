@@ -45,8 +45,10 @@ def test_model_file_holds_the_best_model(tilesets, tmp_path, dims):
     log = [json.loads(line) for line in (tmp_path / "model.log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [1, 2] and len(lines) == 2
     assert log[t["best_epoch"] - 1]["val_mean_iou"] == t["best_val_mean_iou"]
-    assert t["best_val_mean_iou"] == max(r["val_mean_iou"] for r in log)
-    assert {"loss", "val_iou", "seconds", "partial"} <= log[0].keys()
+    # the kept epoch is the best by IoU and Euler error together
+    assert t["best_val_score"] == max(r["val_score"] for r in log) == log[t["best_epoch"] - 1]["val_score"]
+    assert {"loss", "val_iou", "val_score", "seconds", "partial"} <= log[0].keys()
+    assert all(p["euler_error"] is None or p["euler_error"] >= 0 for p in log[0]["val_iou"])
     assert [p["name"] for p in log[0]["val_iou"]] == ["pore", "grain"]
 
     # Reloading twice gives the same network, in eval mode, with outputs of the right shape.

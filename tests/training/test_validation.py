@@ -33,3 +33,20 @@ def test_evaluate_counts_by_hand():
     confusion = evaluate(Threshold(), images, labels, stats=stats, source=np.array([0, 1]), classes=2, device=cpu)
     np.testing.assert_array_equal(confusion, [[2, 1], [4, 1]])
     assert iou_from_confusion(confusion)[1] == pytest.approx(1 / 6)
+
+
+def test_euler_error_and_selection_score_by_hand():
+    from rockseg.training.validation import EULER_WEIGHT, _tile_euler, euler_error, selection_score
+
+    truth = np.zeros((1, 7, 7, 7), np.uint8)
+    truth[0, 1:6, 1:6, 1:6] = 1
+    truth[0, 3, 3, 3] = 0  # phase 1: a hollow cube (Euler 2); phase 0: a closed shell (2) and the cavity (1)
+    pred = truth.copy()
+    pred[0, 3, 3, 3] = 1  # the cavity filled: phase 1 Euler 1, phase 0 Euler 2
+    sums = _tile_euler(pred, truth, 2)
+    np.testing.assert_array_equal(sums, [[1, 1], [3, 2]])
+    np.testing.assert_allclose(euler_error(sums), [1 / 3, 0.5])
+    assert np.isnan(euler_error(np.array([[0], [0]])))[0]
+    iou = np.array([0.9, 0.8])
+    assert selection_score(iou, np.array([0.5, 0.5])) == pytest.approx(0.85 - EULER_WEIGHT * 0.5)
+    assert selection_score(iou, np.array([3.0, np.nan])) == pytest.approx(0.85 - EULER_WEIGHT * 1.0)  # capped at 1
