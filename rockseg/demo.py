@@ -29,7 +29,7 @@ def run_demo(
     ``image.zarr``, ``labels.zarr``, ``tiles.zarr``, ``model.pt`` (+ its training log), ``pred.zarr``,
     ``final.zarr`` and ``score.json`` (the ``score --json`` document of the held-out part).
     """
-    from rockseg.formats import convert
+    from rockseg.io import convert
     from rockseg.inference import PredictConfig, predict
     from rockseg.metrics import score_volumes
     from rockseg.stitching import stitch
