@@ -111,14 +111,7 @@ def write_zarr(
     check_new_output(dest, overwrite=overwrite)
     acc = IntensityAccumulator(source.dtype, total=int(np.prod(source.shape, dtype=np.int64)))
     dims = ("z", "y", "x")[-source.ndim :]
-    grid = shards or chunks
-    slab = grid[0]
-    if source.ndim == 3:
-        band = _band_rows(source, slab, grid[1])
-        several = band < source.shape[1] or slab < source.shape[0]
-        nbytes = slab * band * source.shape[2] * source.dtype.itemsize if several else None
-    else:
-        band, nbytes = source.shape[0], None
+    slab, band, nbytes = _reads(source, shards or chunks)
     with _writing(dest), atomic_output(dest, overwrite=overwrite) as tmp:
         # Every chunk is written, even one that holds only zeros: zarr's test for such chunks (a comparison with a
         # freshly filled array, per chunk) costs as much as compressing it, and a compressed empty chunk is tiny.
@@ -134,6 +127,17 @@ def write_zarr(
                 _write_with_zarr(source, blocks, array, acc, advance)
         array.attrs.update(_zarr_attributes(source, acc.result(), attrs))
     return zarr.open_array(store=str(dest), mode="r+")
+
+
+def _reads(source: Source, grid: tuple[int, ...]) -> tuple[int, int, int | None]:
+    """How ``source`` is read for an output of chunks (or shards) ``grid``: planes per slab, rows per band, and the
+    bytes of a block when there are several (for :func:`rockseg.io.streaming._prefetch`), else None."""
+    slab = grid[0]
+    if source.ndim != 3:
+        return slab, source.shape[0], None
+    band = _band_rows(source, slab, grid[1])
+    several = band < source.shape[1] or slab < source.shape[0]
+    return slab, band, slab * band * source.shape[2] * source.dtype.itemsize if several else None
 
 
 def _band_rows(source: Source, slab: int, unit: int) -> int:

@@ -1,5 +1,5 @@
-"""Tests of rockseg.io.conversion: convert to every output, options refused before any output, failures midway,
-and the convert command."""
+"""Tests of rockseg.io.conversion: convert to every output, options refused before any output, failures midway, the
+convert command, and its check and plan steps alone."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ import pytest
 import tifffile
 
 from rockseg.errors import InputError, MissingInputError, OutputExistsError
-from rockseg.io import exporters
+from rockseg.io import conversion, exporters
 from rockseg.io.conversion import convert
 from rockseg.io.exporters import export
 from rockseg.io.opening import open_source
+from rockseg.io.sources import ArraySource
 from tests.io.samples import (PALETTE, PALETTE_TEXT, CountingSource, enospc, entries, expect_error, random_volume,
                               read_zarr, rgb_labels)
 
@@ -103,3 +104,44 @@ def test_cli_convert_options_and_one_line_errors(tmp_path, monkeypatch):
     assert result.exit_code == 2 and "No space left on device" in result.output
     assert len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "e.raw").exists() and not (tmp_path / "e.mhd").exists()
+
+
+def check(dest, **options):
+    """conversion._check with the defaults of convert."""
+    defaults = dict(colormap=None, phases=None, slices=None, chunks=None, shards=None, compressor="blosc-zstd",
+                    overwrite=False, progress=False)
+    return conversion._check(dest, **{**defaults, **options})
+
+
+def test_check_plans_from_the_options_alone(tmp_path):
+    plan = check(tmp_path / "o.zarr", colormap="0,0,255=0:pore;0,255,0=1:clay", phases="1=illite,2=quartz",
+                 slices="0:4", chunks="2,4,4", compressor="zstd")
+    assert (plan.dest, plan.kind, plan.chunks, plan.compressor) == (tmp_path / "o.zarr", "zarr", "2,4,4", "zstd")
+    assert plan.colormap.labels == (0, 1)
+    assert plan.phases == {0: "pore", 1: "illite", 2: "quartz"}  # --phases win over the colour map's names
+    assert plan.phase_attr == {"0": "pore", "1": "illite", "2": "quartz"}
+    assert check(tmp_path / "o.nc").kind == "netcdf" and check(tmp_path / "o.raw").phases == {}
+    for options, pattern in [({"shards": "2,4,4"}, "--shards applies to .zarr outputs only"),
+                             ({"compressor": "gzip"}, "unknown compressor 'gzip'"),
+                             ({"slices": "1:5:0"}, "--slices '1:5:0': the step must be a positive")]:
+        with pytest.raises(InputError, match=pattern):
+            check(tmp_path / "o.tif", **options)
+    (tmp_path / "o.mhd").write_text("stale")
+    with pytest.raises(OutputExistsError, match="o.mhd exists already"):
+        check(tmp_path / "o.raw")
+    assert entries(tmp_path) == {"o.mhd"}  # checking creates nothing
+
+
+def test_select_and_summary_of_a_region(tmp_path):
+    vol = random_volume((12, 5, 6), "uint8")
+    source = conversion._select(ArraySource(vol), voxel_size=2.0, crop=":,1:5,:", slices="1:12:3")
+    assert source.shape == (4, 4, 6) and source.voxel_size == (6.0, 2.0, 2.0) and source.voxel_unit == "um"
+    np.testing.assert_array_equal(source.read(0, 4), vol[1:12:3, 1:5])
+    plan = check(tmp_path / "o.zarr", phases="0=pore")
+    summary = conversion._summary(source, plan, 0.5)
+    assert summary["bytes"] == 4 * 4 * 6 and summary["MB/s"] == summary["mb_per_s"] == float(f"{96 / 1e6 / 0.5:.3g}")
+    assert summary["region"] == {"start": [1, 1, 0], "stop": [11, 5, 6], "step": [3, 1, 1]}
+    assert summary["phases"] == {"0": "pore"} and summary["format"] == "array"
+    whole = ArraySource(vol)
+    assert conversion._select(whole, voxel_size=None, crop=None, slices=None) is whole
+    assert "region" not in conversion._summary(whole, check(tmp_path / "o.tif"), 1.0)
