@@ -216,8 +216,8 @@ def breakdown(raw: Path, size: int, compressor: str, work: Path, planes: int = 1
     lines of MB/s and CPU ms per MB, then the speed the summed CPU cost allows on this machine."""
     import zarr
 
-    from rockseg import formats
-    from rockseg.formats import DEFAULT_CHUNKS_3D, convert, open_source
+    from rockseg.io import DEFAULT_CHUNKS_3D, convert, open_source
+    from rockseg.io.chunk_encoder import _ChunkFiles, _write_file
     from rockseg.io.intensity import IntensityAccumulator
     from rockseg.io.stores import compressors_for
 
@@ -250,7 +250,7 @@ def breakdown(raw: Path, size: int, compressor: str, work: Path, planes: int = 1
     scratch = zarr.create_array(store=str(work / "scratch.zarr"), shape=(planes, size, size),
                                 chunks=DEFAULT_CHUNKS_3D, dtype="uint16", compressors=compressors_for(compressor),
                                 overwrite=True)
-    encoder = formats._ChunkFiles.of(scratch, work / "scratch.zarr")._compressor
+    encoder = _ChunkFiles.of(scratch, work / "scratch.zarr")._compressor
     encoded = timed("compression (one thread)", lambda: [encoder.encode(c) if encoder is not None else c
                                                           for c in chunks])
     folder = work / "breakdown-chunks"
@@ -259,7 +259,7 @@ def breakdown(raw: Path, size: int, compressor: str, work: Path, planes: int = 1
         for i, data in enumerate(encoded):
             if i % 16 == 0:
                 (folder / str(i // 16)).mkdir(parents=True)
-            formats._write_file(folder / str(i // 16) / str(i), data)
+            _write_file(folder / str(i // 16) / str(i), data)
 
     timed("writing chunk files (page cache)", write_files)
     timed("write-back to the disk (syncfs)", lambda: sync_fs(folder))
@@ -292,7 +292,7 @@ def breakdown(raw: Path, size: int, compressor: str, work: Path, planes: int = 1
 def zarr_writes(store: Path, slabs: list[np.ndarray], planes: int, size: int, compressor: str) -> None:
     import zarr
 
-    from rockseg.formats import DEFAULT_CHUNKS_3D
+    from rockseg.io import DEFAULT_CHUNKS_3D
     from rockseg.io.stores import compressors_for
 
     array = zarr.create_array(store=str(store), shape=(planes, size, size), chunks=DEFAULT_CHUNKS_3D,

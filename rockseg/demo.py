@@ -29,11 +29,10 @@ def run_demo(
     ``image.zarr``, ``labels.zarr``, ``tiles.zarr``, ``model.pt`` (+ its training log), ``pred.zarr``,
     ``final.zarr`` and ``score.json`` (the ``score --json`` document of the held-out part).
     """
-    from rockseg.formats import convert
-    from rockseg.inference import PredictConfig, predict
-    from rockseg.metrics import score_volumes
-    from rockseg.inference import stitch
+    from rockseg.inference import PredictConfig, predict, stitch
+    from rockseg.io import convert
     from rockseg.io.stores import open_volume
+    from rockseg.metrics import score_volumes
     from rockseg.training import TrainConfig, make_tiles, train
 
     out = Path(directory)

@@ -33,7 +33,7 @@ def convert(
     overwrite: Annotated[bool, typer.Option(help="replace an existing DEST")] = False,
 ) -> None:
     """Convert a tomogram to a chunked Zarr store (or export a store), streaming with bounded memory."""
-    from rockseg.formats import convert as run
+    from rockseg.io import convert as run
 
     summary = run(
         src, dest, shape=shape, dtype=dtype, byte_order=byte_order.value, header_bytes=header_bytes,

@@ -19,8 +19,8 @@ a submodule of that name would replace the function of the same name on this pac
 Importing this package does not import torch, so ``rockseg stitch`` and ``rockseg score`` run where torch is
 missing: ``config``, ``grid``, ``store``, ``region`` and ``stitching`` do without it and are re-exported here;
 the names of ``runner``, ``engine``, ``scheduling`` and ``predicting`` are loaded on first use (a module-level
-``__getattr__``). This package may import rockseg.io, rockseg.models (runner, engine and predicting only),
-rockseg.formats (stitching's exports), rockseg.devices, rockseg.errors, rockseg.progress and rockseg.vocabulary.
+``__getattr__``). This package may import rockseg.io (stores, intensity, and stitching's exports), rockseg.models (runner, engine
+and predicting only), rockseg.devices, rockseg.errors, rockseg.progress and rockseg.vocabulary.
 """
 
 from __future__ import annotations

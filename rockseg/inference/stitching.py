@@ -161,14 +161,14 @@ def _write(plan: _Plan, out: Path, *, overwrite: bool, workers: int, progress: b
     if not export and out.suffix.lower() != ".zarr":
         raise InputError(f"output {out} has an unknown extension: use .zarr, or export to {', '.join(EXPORTS)}")
     if export and plan.method == "copy":
-        from rockseg.formats import export as export_array
+        from rockseg.io import export as export_array
 
         export_array(plan.preds[0].array, out, overwrite=overwrite, progress=progress)
         return
     target = out if not export else out.with_name(f".{out.name}.fused.zarr")
     _write_zarr(plan, target, overwrite=overwrite or export, workers=workers, progress=progress, log=log)
     if export:
-        from rockseg.formats import export as export_array
+        from rockseg.io import export as export_array
 
         try:
             export_array(zarr.open_array(store=str(target), mode="r"), out, overwrite=overwrite, progress=progress)

@@ -12,6 +12,10 @@ A volume written by rockseg is a plain Zarr v3 array that ``zarr.open_array(path
     normalisation (see :func:`rockseg.io.intensity.intensity_stats`).
 ``phases``
     dict mapping a label (as a string, JSON keys are strings) to a phase name, for label volumes.
+``dtype``
+    the voxel type name of a converted volume (``uint16``...).
+``source_region``
+    for a store converted from a region of its source: ``start``, ``stop`` and ``step`` per axis, in source voxels.
 ``rockseg``
     provenance: ``version``, ``command`` and, for predictions, ``model_sha256`` and the run's settings.
 
@@ -45,6 +49,8 @@ ATTR_SOURCE = "source"
 ATTR_INTENSITY = "intensity"
 ATTR_PHASES = "phases"
 ATTR_PROVENANCE = "rockseg"
+ATTR_DTYPE = "dtype"
+ATTR_REGION = "source_region"
 
 
 
