@@ -77,6 +77,7 @@ class Loss(str, Enum):
     dice = "dice"
     focal = "focal"
     logiou = "logiou"
+    cldice = "cldice"
 
 
 class Optimizer(str, Enum):

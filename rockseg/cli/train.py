@@ -44,7 +44,7 @@ def train(
     cosine_epochs: Annotated[int, typer.Option(min=1, help="epochs between warm restarts of --schedule cosine")] = 10,
     warmup_epochs: Annotated[int, typer.Option(min=0, help="epochs of linear learning-rate warm-up")] = 0,
     patience: Annotated[int, typer.Option(min=0, help="epochs without improvement before --schedule plateau lowers the rate")] = 5,
-    loss: Annotated[str, typer.Option(help=f"{', '.join(t.value for t in Loss)}, or a '+'-sum: ce+dice, ce+logiou, focal+dice...")] = "ce+dice",
+    loss: Annotated[str, typer.Option(help=f"{', '.join(t.value for t in Loss)}, or a '+'-sum: ce+dice, ce+logiou, focal+dice, ce+dice+cldice (topology-aware)...")] = "ce+dice",
     focal_gamma: Annotated[float, typer.Option(help="focusing exponent of the focal loss")] = 2.0,
     iou_alpha: Annotated[float, typer.Option(help="weight of the logiou term (ce+logiou = CE - alpha log soft IoU)")] = 1.0,
     class_weights: Annotated[Optional[str], typer.Option(help="for ce and focal: 'balanced' (inverse frequency) or one per class, e.g. 1,2,5,5")] = None,

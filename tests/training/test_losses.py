@@ -113,3 +113,45 @@ def test_cli_architectures_are_the_models():
     # cli.py lists them itself (importing torch there would slow every command): the lists must agree
     assert [a.value for a in Arch] == list(models.ARCHITECTURES)
     assert [t.value for t in Loss] == list(losses.LOSS_TERMS)
+
+
+def _logits_of(labels: np.ndarray, classes: int = 2, sharp: float = 20.0) -> torch.Tensor:
+    onehot = np.eye(classes, dtype=np.float32)[labels]  # (N, *S, C)
+    return torch.from_numpy(np.moveaxis(onehot, -1, 1) * sharp)
+
+
+def test_soft_skeleton_of_a_bar_is_its_centreline():
+    from rockseg.training.losses import soft_skeleton
+
+    bar = torch.zeros(1, 1, 9, 9, 20)
+    bar[..., 3:6, 3:6, 2:18] = 1.0  # a 3x3 bar along x
+    skel = soft_skeleton(bar, iterations=3)
+    assert skel[0, 0, 4, 4, 4:16].min() > 0.99  # the centre line is kept
+    assert skel[0, 0, 3, 3, 4:16].max() < 0.01 and skel[..., :3, :, :].abs().max() < 1e-6  # edges and outside not
+
+
+def test_cldice_penalises_a_broken_throat_more_than_a_thicker_one():
+    from rockseg.training.losses import soft_cldice_loss
+
+    truth = np.zeros((1, 11, 11, 24), np.int64)
+    truth[0, 4:7, 4:7, 2:22] = 1  # a throat of 3x3 voxels
+    broken, thick = truth.copy(), truth.copy()
+    broken[0, :, :, 11:13] = 0  # cut: 18 of 180 voxels lost
+    thick[0, 3:8, 4:7, 2:22] = 1  # widened by 120 voxels
+    target = torch.from_numpy(truth)
+    perfect = soft_cldice_loss(_logits_of(truth), target).item()
+    cut = soft_cldice_loss(_logits_of(broken), target).item()
+    wide = soft_cldice_loss(_logits_of(thick), target).item()
+    assert perfect < 1e-3 and cut > wide
+    # Dice sees it the other way round: the cut loses fewer voxels than the widening adds
+    dice = losses.soft_dice_loss
+    assert dice(_logits_of(broken), target).item() < dice(_logits_of(thick), target).item()
+
+
+def test_cldice_is_a_loss_term_that_trains():
+    loss = losses.loss_function("ce+cldice")
+    logits = torch.randn(2, 3, 8, 8, 8, requires_grad=True)
+    value = loss(logits, torch.randint(0, 3, (2, 8, 8, 8)))
+    value.backward()
+    assert torch.isfinite(value) and logits.grad is not None and torch.isfinite(logits.grad).all()
+    assert losses.loss_function("cldice")(torch.randn(2, 2, 16, 16), torch.randint(0, 2, (2, 16, 16))).ndim == 0  # 2D
