@@ -13,6 +13,7 @@ chunks (``convert --shards``); a *part* is one task of a job array (``predict --
 from __future__ import annotations
 
 from enum import Enum
+from pathlib import Path
 
 #: Labels are integers 0..MAX_LABEL (uint8 phases).
 MAX_LABEL = 255
@@ -20,6 +21,9 @@ MAX_LABEL = 255
 OUTSIDE = 255
 #: Names of the axes of a (Z, Y, X) volume, in order (per-slice scores, 2D models on 3D volumes).
 AXES = ("z", "y", "x")
+#: The model files shipped inside the package, and the one ``rockseg predict`` uses without ``--model``.
+SHIPPED_MODELS = Path(__file__).parent / "data"
+DEFAULT_MODEL = SHIPPED_MODELS / "pore-solid-3d.pt"
 
 
 class Compressor(str, Enum):

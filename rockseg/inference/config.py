@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
-DEFAULT_MODEL = Path(__file__).parents[1] / "data" / "pore-solid-3d.pt"
+from rockseg.vocabulary import DEFAULT_MODEL
+
 DEFAULT_BLOCK = 128
 
 

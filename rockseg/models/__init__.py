@@ -27,6 +27,8 @@ The modules, in reading order:
     :func:`load_encoder_weights` from a local file, :func:`freeze_encoder`.
 ``folding``
     :func:`fold_batch_norm` for inference.
+``card``
+    the model card and description ``rockseg models`` prints: :func:`describe_model`, :func:`set_model_card`.
 
 This package imports torch; of rockseg it may import only :mod:`rockseg.errors` and :mod:`rockseg.vocabulary`.
 Code inside it imports from the precise module; the names below are re-exported for everyone else.
@@ -35,6 +37,7 @@ Code inside it imports from the precise module; the names below are re-exported 
 from __future__ import annotations
 
 from rockseg.models.blocks import BasicBlock, ConvBlock, Down, PreActBlock, Up
+from rockseg.models.card import describe_model, resolve_model, set_model_card, shipped_models
 from rockseg.models.centre import centre_logits
 from rockseg.models.deeplab import ASPP, DeepLabV3Plus
 from rockseg.models.encoders import ENCODERS, PlainEncoder, ResNetEncoder, VGGEncoder
@@ -54,6 +57,7 @@ __all__ = [
     "ARCHITECTURES", "ASPP", "BasicBlock", "ConvBlock", "DeepLabV3Plus", "Down", "ENCODERS", "FORMAT",
     "FORMAT_VERSION", "LinkDecoder", "LinkNet", "PSPNet", "PlainEncoder", "PreActBlock", "PyramidPooling",
     "ResNetEncoder", "ResUNet", "UNet", "UNetPlusPlus", "UResNet", "Up", "VGGEncoder", "build_model",
-    "centre_logits", "file_sha256", "fold_batch_norm", "freeze_encoder", "load_encoder_weights", "load_model",
-    "model_from_payload", "read_model_file", "save_model_file", "tile_multiple",
+    "centre_logits", "describe_model", "file_sha256", "fold_batch_norm", "freeze_encoder", "load_encoder_weights", "load_model",
+    "model_from_payload", "read_model_file", "resolve_model", "save_model_file", "set_model_card",
+    "shipped_models", "tile_multiple",
 ]

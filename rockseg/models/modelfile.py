@@ -16,6 +16,9 @@ A model file is one ``torch.save`` of a plain dict (no pickled classes), so it l
     recommended tile edge and halo for prediction, in voxels.
 ``training``
     a summary of the training run (settings, epochs, best validation mean IoU...).
+``card`` (optional)
+    the model card: what the model was trained on, its measured figures and its limits (see
+    :mod:`rockseg.models.card`); ``rockseg models`` prints it.
 ``state_dict``
     the weights.
 """
