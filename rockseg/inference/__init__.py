@@ -25,8 +25,7 @@ and predicting only), rockseg.devices, rockseg.errors, rockseg.progress and rock
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from rockseg.lazy import lazy_exports
 
 from rockseg.inference.config import DEFAULT_BLOCK, DEFAULT_MODEL, PredictConfig
 from rockseg.inference.grid import TileGrid, block_grid, block_region, parse_part, part_blocks, reflect_index
@@ -49,15 +48,4 @@ __all__ = [
     "stitch", "write_preview",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'rockseg.inference' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

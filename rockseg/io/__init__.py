@@ -32,8 +32,7 @@ function would replace it as an attribute of the package once imported.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from rockseg.lazy import lazy_exports
 
 _EXPORTS = {
     "DEFAULT_CHUNKS_2D": "rockseg.io.options",
@@ -55,15 +54,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -27,8 +27,7 @@ The names below are re-exported lazily (a module ``__getattr__``), so that impor
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from rockseg.lazy import lazy_exports
 
 #: Public name -> the module of this package that defines it.
 _EXPORTS = {
@@ -63,15 +62,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'rockseg.training' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"rockseg.training.{module}"), name)
-    globals()[name] = value  # later look-ups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_EXPORTS})
+__getattr__, __dir__ = lazy_exports(__name__, {name: f"{__name__}.{module}" for name, module in _EXPORTS.items()})
