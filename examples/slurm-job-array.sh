@@ -1,8 +1,8 @@
 #!/bin/bash
-# Segment one large volume with a Slurm job array and no cluster software: every task runs one shard of the
+# Segment one large volume with a Slurm job array and no cluster software: every task runs one part of the
 # blocks into the same output store, and a last job (depending on the whole array) checks and stitches it.
 #
-#   sbatch examples/slurm-job-array.sh            # submits the 16 shards
+#   sbatch examples/slurm-job-array.sh            # submits the 16 parts
 #   sbatch --dependency=afterok:<jobid> --wrap "rockseg stitch pred.zarr -o final.zarr"
 #
 # A task that is killed (time limit, node failure) is simply resubmitted: finished blocks are skipped.
@@ -14,4 +14,4 @@
 #SBATCH --output=logs/predict-%A_%a.log
 set -euo pipefail
 rockseg predict volume.zarr -m model.pt -o pred.zarr \
-    --shard "${SLURM_ARRAY_TASK_ID}/${SLURM_ARRAY_TASK_COUNT}" --device auto --batch-size 8
+    --part "${SLURM_ARRAY_TASK_ID}/${SLURM_ARRAY_TASK_COUNT}" --device auto --batch-size 8
