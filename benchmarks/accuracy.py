@@ -1,7 +1,8 @@
-"""Accuracy on real rock, end to end through the CLI as a user would run it (issue 6).
+"""Accuracy on real rock, end to end through the CLI as a user would run it (issues 6 and 15).
 
-    python benchmarks/accuracy.py [--workdir DIR] [--only sandstone|berea] [--minutes-2d M] [--minutes-3d M]
-                                  [--berea-dims 3,2] [--noise N]
+    python benchmarks/accuracy.py [--workdir DIR] [--only sandstone|berea|realistic|shipped] [--minutes-2d M]
+                                  [--minutes-3d M] [--berea-dims 3,2] [--noise N] [--minutes-realistic M]
+                                  [--recipe "TRAIN OPTIONS"]
 
 With the defaults (12 minutes per 2D model, 40 for the 3D model) the whole run takes about 70 minutes on a
 2-core CPU.
@@ -17,6 +18,18 @@ With the defaults (12 minutes per 2D model, 40 for the 3D model) the whole run t
    baseline: Otsu's threshold on the test half. Prints the contrast-to-noise of the simulation beside the real
    sandstone-versa scan's, then pore IoU and the pore Euler number (26-neighbourhood) against the truth.
 
+3. ``realistic`` (issue 15's hard case): the real Berea geometry (256^3) rendered by
+   :func:`rockseg.synthetic.realistic_scan` with three phases (pore, a thin micro-porous rim of intermediate grey,
+   solid), correlated noise at contrast-to-noise 4.5 between adjacent phases, blur, cupping, rings, 8-bit. A 3D
+   model trained the user's way (``tile --dims 3 --size 64`` on the lower half, ``train --dims 3 --max-minutes
+   15`` with no other option unless ``--recipe``), scored on the upper half and on the icl-mixedwet geometry
+   rendered by the same scanner (never seen in training). Against a 3x3x3 median + multi-Otsu and a reference
+   that knows the simulation (the noise-free blurred phases cut at the midpoints: what the blur leaves).
+4. ``shipped``: the model ``rockseg predict VOLUME`` uses with no options, on rocks and scanners it never saw:
+   icl-mixedwet under three scanners (HARD, HARD16: 16-bit, blurrier, noise correlated further than in
+   training, stronger cupping; MILD) and the held-out part of Berea (z >= 272; the shipped model saw z < 256) under
+   two. Pore IoU and pore Euler number against a median + Otsu threshold, and the prediction speed.
+
 The work directory keeps every store, model, log and training curve, so a run can be looked at afterwards.
 """
 
@@ -25,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -36,14 +50,17 @@ import tifffile
 from skimage.filters import threshold_multiotsu, threshold_otsu
 from skimage.measure import euler_number
 
+from rockseg.synthetic import SCAN_PHASES, ScanOptions, realistic_scan
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / ".." / "shared" / "data"
 SANDSTONE = DATA / "sandstone-versa"
 BEREA = DATA / "berea-400" / "berea_pore.tif"
+ICL = DATA / "icl-mixedwet-250" / "MW_fw0.tif"
 HELD_OUT = ("0100", "0300")
 SANDSTONE_PHASES = "0=pore,1=clay,2=quartz,3=pyrite"
 BLUR = 0.8  # voxels, the point-spread function of the simulated scanner
-NOISE = 12.0  # grey levels, standard deviation of the simulated noise (see simulated_berea for why 12)
+NOISE = 20.0  # grey levels, standard deviation of the simulated noise: the hard headline (see simulated_berea)
 
 
 def rockseg(*args: object, quiet: bool = True) -> tuple[float, str]:
@@ -135,9 +152,10 @@ def simulated_berea(labels: np.ndarray, seed: int = 0, noise: float = NOISE) -> 
     The noise is set against the one real scan the project has, sandstone-versa, measured the same way on both
     by :func:`contrast_to_noise` (the benchmark prints the figures). The real scan has a pore-quartz contrast of
     114 grey levels, an interior standard deviation of 15 (contrast-to-noise 7.5) and a voxel-to-voxel noise
-    of 5.5 (21). At the default noise of 12 the test half is harder on both counts: contrast 75 after cupping,
-    interior 14 (5.2), voxel noise 12 (6.2), and Otsu's threshold gets the pore Euler number wrong forty-fold.
-    ``noise=20`` (interior 3.5, voxel 3.7) is a scan over five times noisier voxel to voxel than the real one.
+    of 5.5 (21). The default noise of 20 (interior 3.5, voxel 3.7) is the headline: a scan over five times
+    noisier voxel to voxel than the real one, at the hard end of what labs meet. ``noise=12`` (interior 5.2, voxel
+    6.2) is easier and was once the default; it is kept only as an option, since a benchmark eased until it
+    passes measures nothing.
     """
     from rockseg.synthetic import simulate_ct
 
@@ -240,10 +258,141 @@ def berea(work: Path, minutes_3d: float, minutes_2d: float, berea_dims: tuple[in
     return docs
 
 
+# ------------------------------------------------------------------------------------------------ realistic
+#: The hard scanner of the realistic cases: contrast-to-noise 4.5 between adjacent phases, noise correlated over
+#: 0.7 voxels, blur 1.0, 25 % cupping, rings, 8-bit (rockseg.synthetic.scan.ScanOptions' defaults).
+HARD = ScanOptions()
+#: A second hard scanner, outside the shipped model's training ranges in cupping and noise correlation: 16-bit.
+HARD16 = ScanOptions(bits=16, grey_scale=150.0, grey_offset=8000.0, cnr=4.0, blur=1.3, noise_correlation=1.2,
+                     cupping=0.35, rings=0.8)
+#: A good scan: contrast-to-noise 8, sharper, no correlation, 8-bit.
+MILD = ScanOptions(cnr=8.0, blur=0.8, noise_correlation=0.0, cupping=0.1, rings=0.2)
+SCAN_PHASE_NAMES = "0=pore,1=rim,2=solid"
+
+
+def geometry(name: str) -> np.ndarray:
+    """Pore mask of a real rock: ``berea`` (400^3) or ``icl`` (250 x 300 x 300, both fluids are pore)."""
+    if name == "berea":
+        return tifffile.imread(BEREA) == 1
+    return tifffile.imread(ICL) <= 1
+
+
+def write_case(work: Path, name: str, image: np.ndarray, labels: np.ndarray, phases: str) -> tuple[Path, Path]:
+    """image.zarr and labels.zarr of one case, through ``rockseg convert`` as a user would (from .npy)."""
+    paths = []
+    for kind, data in (("image", image), ("labels", labels)):
+        npy, store = work / f"{name}-{kind}.npy", work / f"{name}-{kind}.zarr"
+        np.save(npy, data)
+        extra = ("--phases", phases) if kind == "labels" else ()
+        rockseg("convert", npy, store, *extra, "--overwrite")
+        npy.unlink()
+        paths.append(store)
+    return paths[0], paths[1]
+
+
+def median_otsu(image: np.ndarray, classes: int) -> np.ndarray:
+    """The classical baseline: a 3x3x3 median filter, then multi-Otsu thresholds (Otsu's for two classes)."""
+    from scipy.ndimage import median_filter
+
+    smooth = median_filter(image, size=3)
+    if classes == 2:
+        return (smooth > threshold_otsu(smooth)).astype(np.uint8)
+    return np.digitize(smooth, threshold_multiotsu(smooth, classes=classes)).astype(np.uint8)
+
+
+def physics_table(title: str, pred: np.ndarray, truth: np.ndarray, names: list[str]) -> dict:
+    """Per-phase IoU and 26-connected Euler numbers of an in-memory segmentation, printed and returned."""
+    ious = iou_table(pred, truth, len(names))
+    rows = {}
+    for k, name in enumerate(names):
+        e_pred, e_true = euler_number(pred == k, connectivity=3), euler_number(truth == k, connectivity=3)
+        rows[name] = {"iou": ious[k], "euler_pred": int(e_pred), "euler_true": int(e_true),
+                      "euler_error": abs(e_pred - e_true) / max(1, abs(e_true))}
+    print(f"{title}: " + "; ".join(f"{n} IoU {r['iou']:.3f}, Euler {r['euler_pred']} (true {r['euler_true']}, "
+                                    f"{100 * r['euler_error']:.0f}% off)" for n, r in rows.items()), flush=True)
+    return rows
+
+
+def reference_ceiling(labels: np.ndarray, options: ScanOptions) -> np.ndarray:
+    """A segmentation that knows the simulation: the noise- and artefact-free blurred phase image cut at the
+    midpoints between the phase grey values. What blur alone leaves recoverable."""
+    from scipy.ndimage import gaussian_filter
+
+    grey = np.array([0.0, options.rim_level, 1.0], np.float32)
+    seen = gaussian_filter(grey[labels], options.blur)
+    return np.digitize(seen, [options.rim_level / 2, (1 + options.rim_level) / 2]).astype(np.uint8)
+
+def realistic(work: Path, minutes: float, recipe: tuple[str, ...] = ()) -> dict:
+    """Issue 15's own hard case: three phases (pore, a thin rim, solid) on the real Berea geometry, a model trained
+    the user's way on the lower half, scored on the upper half and on a geometry it never saw (icl-mixedwet)."""
+    print(f"== realistic: Berea 256^3 with a micro-porous rim, {HARD}", flush=True)
+    pore = geometry("berea")[:256, 72:328, 72:328]
+    image, labels = realistic_scan(pore, HARD, seed=11)
+    img, lab = write_case(work, "real-berea", image, labels, SCAN_PHASE_NAMES)
+    print_contrast("realistic Berea, pore vs solid (twice the step between adjacent phases)",
+                   contrast_to_noise(image, labels, 0, 2, planes=False))
+    names, half = list(SCAN_PHASES.values()), 128
+    test = (slice(half, None),)
+    physics_table("  median + multi-Otsu, test half", median_otsu(image[test], 3), labels[test], names)
+    physics_table("  reference ceiling (noise-free blurred phases cut at the midpoints), test half",
+                  reference_ceiling(labels, HARD)[test], labels[test], names)
+    tiles, model, pred = work / "real-tiles.zarr", work / "real-model.pt", work / "real-pred.zarr"
+    t_tile, _ = rockseg("tile", img, lab, "-o", tiles, "--dims", 3, "--size", 64, "--crop", f"0:{half},:,:",
+                        "--overwrite")
+    t_train, _ = rockseg("train", tiles, "-o", model, "--dims", 3, "--max-minutes", minutes, *recipe,
+                         "--overwrite", quiet=False)
+    t_pred, _ = rockseg("predict", img, "-m", model, "-o", pred, "--crop", f"{half}:,:,:", "--overwrite")
+    _, out = rockseg("score", pred, lab, "--crop", f"{half}:256,0:256,0:256", "--json")
+    print(f"tile + train {(t_tile + t_train) / 60:.1f} min (recipe: {' '.join(recipe) or 'the defaults'}), "
+          f"predict {t_pred:.0f} s")
+    print_score("  rockseg 3D model, test half", json.loads(out), per_slice=False)
+    if ICL.exists():
+        other = geometry("icl")[:, 22:278, 22:278]
+        image2, labels2 = realistic_scan(other, HARD, seed=12)
+        img2, lab2 = write_case(work, "real-icl", image2, labels2, SCAN_PHASE_NAMES)
+        physics_table("  unseen geometry (icl-mixedwet), median + multi-Otsu", median_otsu(image2, 3), labels2, names)
+        pred2 = work / "real-icl-pred.zarr"
+        rockseg("predict", img2, "-m", model, "-o", pred2, "--overwrite")
+        _, out = rockseg("score", pred2, lab2, "--json")
+        print_score("  the same model on the unseen geometry (icl-mixedwet)", json.loads(out), per_slice=False)
+    return {}
+
+
+def shipped(work: Path) -> list[dict]:
+    """The shipped pore/solid model (``rockseg predict VOLUME``, no options) on rocks and scans it never saw."""
+    print("== shipped model on held-out geometries and scanners (pore/solid; the rim counts as solid)", flush=True)
+    cases = [("icl", "HARD", HARD), ("icl", "HARD16", HARD16), ("icl", "MILD", MILD),
+             ("berea", "HARD", HARD), ("berea", "HARD16", HARD16)]
+    rows = []
+    for rock, quality, options in cases:
+        if rock == "icl" and not ICL.exists():
+            continue
+        pore = geometry(rock)
+        pore = pore[:, 22:278, 22:278] if rock == "icl" else pore[272:, 72:328, 72:328]  # Berea: z >= 272 only
+        image, labels = realistic_scan(pore, options, seed=21)
+        truth = (labels != 0).astype(np.uint8)  # 0 pore, 1 solid
+        name = f"shipped-{rock}-{quality}"
+        img, lab = write_case(work, name, image, truth, "0=pore,1=solid")
+        baseline = physics_table(f"  {rock} {quality}: median + Otsu", median_otsu(image, 2), truth, ["pore", "solid"])
+        pred = work / f"{name}-pred.zarr"
+        seconds, out = rockseg("predict", img, "-o", pred, "--overwrite")
+        rate = re.search(r"\(([0-9.]+) Mvoxel/s\)", out)
+        _, doc = rockseg("score", pred, lab, "--json")
+        doc = json.loads(doc)
+        print_score(f"  {rock} {quality}: shipped model ({rate.group(1) if rate else '?'} Mvoxel/s)", doc,
+                    per_slice=False)
+        rows.append({"rock": rock, "scan": quality, "doc": doc, "otsu": baseline})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", type=Path, default=None)
-    parser.add_argument("--only", choices=("sandstone", "berea"), default=None)
+    parser.add_argument("--only", choices=("sandstone", "berea", "realistic", "shipped"), default=None)
+    parser.add_argument("--minutes-realistic", type=float, default=15.0,
+                        help="training minutes of the realistic 3-phase case (issue 15: 15 on a 2-core CPU)")
+    parser.add_argument("--recipe", default="", help="extra train options for the realistic case, e.g. "
+                        "'--loss ce+dice+cldice' (default: none, rockseg's defaults)")
     parser.add_argument("--minutes-2d", type=float, default=12.0, help="training minutes of each 2D model")
     parser.add_argument("--minutes-3d", type=float, default=40.0, help="training minutes of the 3D model")
     parser.add_argument("--berea-dims", default="3,2", help="which berea models to train: 3, 2 or 3,2")
@@ -264,6 +413,10 @@ def main() -> None:
                   noise=args.noise)
         else:
             print(f"berea-400 not found at {BEREA}: skipped")
+    if args.only in (None, "realistic") and BEREA.exists():
+        realistic(work, args.minutes_realistic, tuple(args.recipe.split()))
+    if args.only in (None, "shipped") and BEREA.exists():
+        shipped(work)
 
 
 if __name__ == "__main__":
