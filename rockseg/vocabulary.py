@@ -87,6 +87,9 @@ class Optimizer(str, Enum):
 
 
 class Schedule(str, Enum):
+    """Learning-rate schedules of ``train --schedule``; poly (the default) decays step by step over the run."""
+
+    poly = "poly"
     none = "none"
     plateau = "plateau"
     exp = "exp"

@@ -50,7 +50,8 @@ class TrainConfig:
     epochs : maximum number of epochs.
     max_minutes : stop after this much wall time, minutes (checked between steps), keeping the best model so far.
         The validation pass of the interrupted epoch and writing the model come on top: leave a margin under a
-        job's wall-time limit.
+        job's wall-time limit. A resumed run gets it afresh, while ``poly`` decays over the run's whole elapsed time
+        (resumed parts included, as the checkpoint recorded it): a resumed run past it trains at ``min_lr``.
     batch_size : tiles per forward pass (per process under torchrun).
     accumulate : forward passes whose gradients are summed before each optimizer step.
     fraction : share of one pass over the training tiles done per epoch, 0 < fraction <= 1 (for huge tile sets).
@@ -58,10 +59,13 @@ class TrainConfig:
     lr : (initial) learning rate.
     optimizer : ``"adam"``, ``"adamw"`` or ``"sgd"`` (momentum 0.9, Nesterov).
     weight_decay : L2 (adam, sgd) or decoupled (adamw) weight decay; default 0, and 0.01 for adamw.
-    schedule : ``"none"``; ``"plateau"`` (halve the rate when the validation mean IoU has not improved for
-        ``patience`` epochs); ``"exp"`` (multiply by a constant each epoch, reaching ``min_lr`` at the last epoch);
-        ``"cosine"`` (cosine annealing to ``min_lr`` with a warm restart every ``cosine_epochs`` epochs).
-    min_lr : floor of the schedules.
+    schedule : ``"poly"`` (``lr * (1 - progress)**0.9`` floored at ``min_lr``, set before every optimizer step;
+        progress is the share of ``max_minutes`` elapsed when it is given, else the share of the ``epochs``'
+        steps done); ``"none"`` (a constant rate); ``"plateau"`` (halve the rate when the validation mean IoU has
+        not improved for ``patience`` epochs); ``"exp"`` (multiply by a constant each epoch, reaching ``min_lr``
+        at the last epoch); ``"cosine"`` (cosine annealing to ``min_lr`` with a warm restart every
+        ``cosine_epochs`` epochs).
+    min_lr : floor of the schedules (the rate ``poly`` ends at).
     cosine_epochs : epochs between warm restarts of the cosine schedule.
     warmup_epochs : epochs over which the rate ramps up linearly from almost 0, step by step.
     patience : epochs without improvement before the plateau schedule lowers the rate.
@@ -99,7 +103,7 @@ class TrainConfig:
     lr: float = 1e-3
     optimizer: str = "adam"
     weight_decay: float | None = None
-    schedule: str = "none"
+    schedule: str = "poly"
     min_lr: float = 1e-5
     cosine_epochs: int = 10
     warmup_epochs: int = 0
@@ -151,6 +155,10 @@ class TrainConfig:
         if self.schedule == "exp" and not 0 < self.min_lr <= self.lr:
             raise InputError(
                 f"--min-lr {self.min_lr!r} must be above 0 and at most --lr {self.lr!r} for --schedule exp, e.g. 1e-5"
+            )
+        if self.schedule == "poly" and self.min_lr > self.lr:
+            raise InputError(
+                f"--min-lr {self.min_lr!r} must be at most --lr {self.lr!r} for --schedule poly, e.g. 1e-5"
             )
         if self.weight_decay is not None:
             _check_number("weight-decay", self.weight_decay, positive=False, example="1e-4")
