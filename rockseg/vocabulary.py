@@ -96,6 +96,14 @@ class Schedule(str, Enum):
     cosine = "cosine"
 
 
+class Sampling(str, Enum):
+    """Training patches of ``train --sampling``: fresh ones from the tile set's training regions every step
+    (random, the default), or its stored patches over and over (fixed)."""
+
+    random = "random"
+    fixed = "fixed"
+
+
 class Augment(str, Enum):
     """Augmentation presets (rockseg.training.augment.PRESETS has one per member)."""
 
@@ -130,5 +138,6 @@ ACTIVATIONS = _values(Act)
 LOSS_TERMS = _values(Loss)
 OPTIMIZERS = _values(Optimizer)
 SCHEDULES = _values(Schedule)
+SAMPLINGS = _values(Sampling)
 AUGMENTS = _values(Augment)
 CONNECTIVITIES = tuple(int(member.value) for member in Connectivity)

@@ -13,7 +13,7 @@ import typer
 
 from rockseg.cli.common import app, command, log, out_console, tune_allocator
 from rockseg.progress import interactive
-from rockseg.vocabulary import Act, Arch, Augment, Loss, Norm, Optimizer, Precision, Schedule
+from rockseg.vocabulary import Act, Arch, Augment, Loss, Norm, Optimizer, Precision, Sampling, Schedule
 
 
 @app.command()
@@ -35,7 +35,8 @@ def train(
     batch_size: Annotated[int, typer.Option(min=1, help="tiles per forward pass (per process under torchrun)")] = 4,
     accumulate: Annotated[int, typer.Option(min=1, help="forward passes summed into each optimizer step")] = 1,
     fraction: Annotated[float, typer.Option(help="share of the training tiles used per epoch, 0 < F <= 1 (huge tile sets)")] = 1.0,
-    steps_per_epoch: Annotated[Optional[int], typer.Option(min=1, help="optimizer steps per epoch (default: one pass over the tiles)")] = None,
+    steps_per_epoch: Annotated[Optional[int], typer.Option(min=1, help="optimizer steps per epoch (default: one pass over the stored training tiles)")] = None,
+    sampling: Annotated[Sampling, typer.Option(help="random: fresh patches from the tile set's training regions every step (fixed if it has none); fixed: its stored patches")] = Sampling.random,
     lr: Annotated[float, typer.Option(help="(initial) learning rate")] = 1e-3,
     optimizer: Annotated[Optimizer, typer.Option(help="adam, adamw or sgd (momentum 0.9, Nesterov)")] = Optimizer.adam,
     weight_decay: Annotated[Optional[float], typer.Option(help="weight decay (default 0; 0.01 for adamw)")] = None,
@@ -60,8 +61,11 @@ def train(
     """Train a network on a tile set; keeps the best model by validation mean IoU.
 
     \b
-    By default the learning rate decays step by step to --min-lr at the end
-    of --max-minutes, or of --epochs without it (--schedule poly).
+    By default each step trains on fresh random patches from the tile set's
+    training regions (class-balanced as the tile set was; --sampling fixed
+    reuses its stored patches), and the rate decays step by step to --min-lr
+    at the end of --max-minutes, or of --epochs without it (--schedule poly).
+    Validation always scores the tile set's stored validation patches.
 
     \b
     Recipes:
@@ -91,7 +95,7 @@ def train(
         arch=arch.value, encoder=encoder, encoder_weights=str(encoder_weights) if encoder_weights else None,
         freeze_encoder=freeze_encoder, base_channels=base_channels, depth=depth, norm=norm.value, act=act.value,
         epochs=epochs, max_minutes=max_minutes, batch_size=batch_size, accumulate=accumulate, fraction=fraction,
-        steps_per_epoch=steps_per_epoch, lr=lr, optimizer=optimizer.value,
+        steps_per_epoch=steps_per_epoch, sampling=sampling.value, lr=lr, optimizer=optimizer.value,
         weight_decay=weight_decay, schedule=schedule.value, min_lr=min_lr, cosine_epochs=cosine_epochs,
         warmup_epochs=warmup_epochs, patience=patience, loss=loss, focal_gamma=focal_gamma,
         iou_alpha=iou_alpha, class_weights=class_weights, augment=augment.value, precision=precision.value,

@@ -23,7 +23,7 @@ from rockseg.devices import resolve_device
 from rockseg.errors import InputError, did_you_mean
 from rockseg.models import ARCHITECTURES
 from rockseg.training.losses import parse_class_weights, parse_loss
-from rockseg.vocabulary import ACTIVATIONS, AUGMENTS, NORMS, OPTIMIZERS, PRECISIONS, SCHEDULES
+from rockseg.vocabulary import ACTIVATIONS, AUGMENTS, NORMS, OPTIMIZERS, PRECISIONS, SAMPLINGS, SCHEDULES
 
 
 def _choice(name: str, value: Any, choices: Sequence[str]) -> None:
@@ -56,6 +56,9 @@ class TrainConfig:
     accumulate : forward passes whose gradients are summed before each optimizer step.
     fraction : share of one pass over the training tiles done per epoch, 0 < fraction <= 1 (for huge tile sets).
     steps_per_epoch : optimizer steps per epoch; default one pass over the training tiles (times ``fraction``).
+    sampling : ``"random"`` (fresh patches drawn from the tile set's training regions for every batch; a tile set
+        without regions falls back to ``"fixed"``) or ``"fixed"`` (the tile set's stored patches, reshuffled each
+        epoch). See :mod:`rockseg.training.regions`.
     lr : (initial) learning rate.
     optimizer : ``"adam"``, ``"adamw"`` or ``"sgd"`` (momentum 0.9, Nesterov).
     weight_decay : L2 (adam, sgd) or decoupled (adamw) weight decay; default 0, and 0.01 for adamw.
@@ -100,6 +103,7 @@ class TrainConfig:
     accumulate: int = 1
     fraction: float = 1.0
     steps_per_epoch: int | None = None
+    sampling: str = "random"
     lr: float = 1e-3
     optimizer: str = "adam"
     weight_decay: float | None = None
@@ -134,7 +138,8 @@ class TrainConfig:
         parse_loss(self.loss)
         for name, value, choices in (("norm", self.norm, NORMS), ("act", self.act, ACTIVATIONS),
                                      ("optimizer", self.optimizer, OPTIMIZERS), ("schedule", self.schedule, SCHEDULES),
-                                     ("precision", self.precision, PRECISIONS), ("augment", self.augment, AUGMENTS)):
+                                     ("precision", self.precision, PRECISIONS), ("augment", self.augment, AUGMENTS),
+                                     ("sampling", self.sampling, SAMPLINGS)):
             _choice(name, value, choices)
         if self.encoder is not None:
             encoders = list(getattr(models, "ENCODERS", ()))
