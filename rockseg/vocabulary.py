@@ -91,10 +91,21 @@ class Optimizer(str, Enum):
 
 
 class Schedule(str, Enum):
+    """Learning-rate schedules of ``train --schedule``; poly (the default) decays step by step over the run."""
+
+    poly = "poly"
     none = "none"
     plateau = "plateau"
     exp = "exp"
     cosine = "cosine"
+
+
+class Sampling(str, Enum):
+    """Training patches of ``train --sampling``: fresh ones from the tile set's training regions every step
+    (random, the default), or its stored patches over and over (fixed)."""
+
+    random = "random"
+    fixed = "fixed"
 
 
 class Augment(str, Enum):
@@ -131,5 +142,6 @@ ACTIVATIONS = _values(Act)
 LOSS_TERMS = _values(Loss)
 OPTIMIZERS = _values(Optimizer)
 SCHEDULES = _values(Schedule)
+SAMPLINGS = _values(Sampling)
 AUGMENTS = _values(Augment)
 CONNECTIVITIES = tuple(int(member.value) for member in Connectivity)

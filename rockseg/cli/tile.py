@@ -32,6 +32,7 @@ def tile(
     """Sample training patches with a validation split spatially disjoint from training."""
     from rockseg.io.stores import parse_phases
     from rockseg.training import make_tiles, split_pairs
+    from rockseg.training.tileset import REGION_MAX_BYTES
 
     images, labels = split_pairs(pairs)
     s = make_tiles(
@@ -44,3 +45,11 @@ def tile(
         f"wrote {out}: {s['train']} training and {s['val']} validation {dims}D patches{across} of edge {size} "
         f"from {s['sources']} image/label pair(s), {s['sampling']} sampling"
     )
+    mib = s["region_bytes"] / 2**20
+    if s["regions"]:
+        out_console.print(f"stored the training regions ({mib:.0f} MiB): train draws fresh random patches from them")
+    else:
+        out_console.print(
+            f"the training regions ({mib:.0f} MiB) are over the {REGION_MAX_BYTES // 2**30} GiB bound and are not "
+            f"stored: train will use the fixed patches (a smaller --crop keeps them)"
+        )

@@ -13,7 +13,7 @@ import typer
 
 from rockseg.cli.common import app, command, log, out_console, tune_allocator
 from rockseg.progress import interactive
-from rockseg.vocabulary import Act, Arch, Augment, Loss, Norm, Optimizer, Precision, Schedule
+from rockseg.vocabulary import Act, Arch, Augment, Loss, Norm, Optimizer, Precision, Sampling, Schedule
 
 
 @app.command()
@@ -35,12 +35,13 @@ def train(
     batch_size: Annotated[int, typer.Option(min=1, help="tiles per forward pass (per process under torchrun)")] = 4,
     accumulate: Annotated[int, typer.Option(min=1, help="forward passes summed into each optimizer step")] = 1,
     fraction: Annotated[float, typer.Option(help="share of the training tiles used per epoch, 0 < F <= 1 (huge tile sets)")] = 1.0,
-    steps_per_epoch: Annotated[Optional[int], typer.Option(min=1, help="optimizer steps per epoch (default: one pass over the tiles)")] = None,
+    steps_per_epoch: Annotated[Optional[int], typer.Option(min=1, help="optimizer steps per epoch (default: one pass over the stored training tiles)")] = None,
+    sampling: Annotated[Sampling, typer.Option(help="random: fresh patches from the tile set's training regions every step (fixed if it has none); fixed: its stored patches")] = Sampling.random,
     lr: Annotated[float, typer.Option(help="(initial) learning rate")] = 1e-3,
     optimizer: Annotated[Optimizer, typer.Option(help="adam, adamw or sgd (momentum 0.9, Nesterov)")] = Optimizer.adam,
     weight_decay: Annotated[Optional[float], typer.Option(help="weight decay (default 0; 0.01 for adamw)")] = None,
-    schedule: Annotated[Schedule, typer.Option(help="plateau: halve on a flat val IoU; exp: decay to --min-lr by the last epoch; cosine: warm restarts")] = Schedule.none,
-    min_lr: Annotated[float, typer.Option(help="floor of the learning-rate schedule")] = 1e-5,
+    schedule: Annotated[Schedule, typer.Option(help="poly: lr*(1-progress)^0.9 every step, progress through --max-minutes if given, else --epochs; none: constant; plateau: halve on a flat val IoU; exp: decay to --min-lr by the last epoch; cosine: warm restarts")] = Schedule.poly,
+    min_lr: Annotated[float, typer.Option(help="floor of the learning-rate schedule (where poly ends)")] = 1e-5,
     cosine_epochs: Annotated[int, typer.Option(min=1, help="epochs between warm restarts of --schedule cosine")] = 10,
     warmup_epochs: Annotated[int, typer.Option(min=0, help="epochs of linear learning-rate warm-up")] = 0,
     patience: Annotated[int, typer.Option(min=0, help="epochs without improvement before --schedule plateau lowers the rate")] = 5,
@@ -60,16 +61,24 @@ def train(
     """Train a network on a tile set; keeps the best model by validation mean IoU.
 
     \b
+    By default each step trains on fresh random patches from the tile set's
+    training regions (class-balanced as the tile set was; --sampling fixed
+    reuses its stored patches), and the rate decays step by step to --min-lr
+    at the end of --max-minutes, or of --epochs without it (--schedule poly).
+    Validation always scores the tile set's stored validation patches.
+
+    \b
     Recipes:
       2D UNet on slices (base 32, ELU, cross-entropy + log IoU, Adam 1e-3 decayed to 1e-5):
         rockseg tile image.zarr labels.zarr -o t2.zarr --dims 2 --size 64
         rockseg train t2.zarr -o unet2d.pt --arch unet --base-channels 32 --act elu
           --loss ce+logiou --schedule exp --min-lr 1e-5 --fraction 0.2 --epochs 100
     \b
-      3D UNet on sub-volumes (keeps the connectivity 2D models lose):
+      3D UNet on sub-volumes (keeps the connectivity 2D models lose), two hours,
+      the rate decaying to --min-lr as the time runs out:
         rockseg tile image.zarr labels.zarr -o t3.zarr --dims 3 --size 48
         rockseg train t3.zarr -o unet3d.pt --arch unet --base-channels 16
-          --loss ce+dice --max-minutes 120
+          --loss ce+dice --max-minutes 120 --epochs 100000
     \b
       UNet with a pretrained encoder (a local weights file), frozen, rare phases weighted:
         rockseg train t2.zarr -o unet-resnet34.pt --arch unet --encoder resnet34
@@ -86,11 +95,11 @@ def train(
         arch=arch.value, encoder=encoder, encoder_weights=str(encoder_weights) if encoder_weights else None,
         freeze_encoder=freeze_encoder, base_channels=base_channels, depth=depth, norm=norm.value, act=act.value,
         epochs=epochs, max_minutes=max_minutes, batch_size=batch_size, accumulate=accumulate, fraction=fraction,
-        steps_per_epoch=steps_per_epoch, lr=lr, optimizer=optimizer.value, weight_decay=weight_decay,
-        schedule=schedule.value, min_lr=min_lr, cosine_epochs=cosine_epochs, warmup_epochs=warmup_epochs,
-        patience=patience, loss=loss, focal_gamma=focal_gamma, iou_alpha=iou_alpha, class_weights=class_weights,
-        augment=augment.value, precision=precision.value, device=device, seed=seed, num_threads=threads,
-        loader_threads=loader_threads,
+        steps_per_epoch=steps_per_epoch, sampling=sampling.value, lr=lr, optimizer=optimizer.value,
+        weight_decay=weight_decay, schedule=schedule.value, min_lr=min_lr, cosine_epochs=cosine_epochs,
+        warmup_epochs=warmup_epochs, patience=patience, loss=loss, focal_gamma=focal_gamma,
+        iou_alpha=iou_alpha, class_weights=class_weights, augment=augment.value, precision=precision.value,
+        device=device, seed=seed, num_threads=threads, loader_threads=loader_threads,
     )
     summary = run(tiles, out, config=config, dims=dims, progress=interactive(), log=log, overwrite=overwrite,
                   resume=resume)

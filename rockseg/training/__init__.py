@@ -5,17 +5,19 @@ The pipeline, one module per step:
 tile set (``rockseg tile``; NumPy, SciPy and Zarr only, no torch)
     :mod:`~rockseg.training.pairs` (the options and the image/label pairs, checked and read patch by patch),
     :mod:`~rockseg.training.sampling` (the spatially disjoint train/val split and the patch corners, uniform or
-    class-balanced), :mod:`~rockseg.training.tileset` (:func:`make_tiles` writes a tile set, :func:`read_tiles`
-    reads it, format versions 1 and 2).
+    class-balanced), :mod:`~rockseg.training.tileset` (:func:`make_tiles` writes a tile set with each pair's
+    training region, :func:`read_tiles` reads its patches and :func:`read_regions` its regions; format versions 1
+    to 3).
 training (``rockseg train``)
     :mod:`~rockseg.training.settings` (:class:`TrainConfig` and its checks), :mod:`~rockseg.training.trainer`
     (:func:`train`: check -> plan -> run), :mod:`~rockseg.training.loop` (the epoch loop),
-    :mod:`~rockseg.training.data` (tiles in memory, normalisation, batches), :mod:`~rockseg.training.augment`,
+    :mod:`~rockseg.training.data` (tiles in memory, normalisation, batches), :mod:`~rockseg.training.regions`
+    (fresh random patches from the training regions, every batch), :mod:`~rockseg.training.augment`,
     :mod:`~rockseg.training.losses`, :mod:`~rockseg.training.network` (the network, pretrained encoder, freezing),
-    :mod:`~rockseg.training.optimizers` (optimizer, schedule, warm-up), :mod:`~rockseg.training.validation`
-    (confusion matrix, IoU), :mod:`~rockseg.training.checkpoints` (resume), :mod:`~rockseg.training.curve`,
-    :mod:`~rockseg.training.hardware` (device, threads, bf16) and :mod:`~rockseg.training.distributed`
-    (torchrun).
+    :mod:`~rockseg.training.optimizers` (optimizer, schedule (``poly`` step by step), warm-up),
+    :mod:`~rockseg.training.validation` (confusion matrix, IoU), :mod:`~rockseg.training.checkpoints` (resume),
+    :mod:`~rockseg.training.curve`, :mod:`~rockseg.training.hardware` (device, threads, bf16) and
+    :mod:`~rockseg.training.distributed` (torchrun).
 
 This package may import :mod:`rockseg.io`, :mod:`rockseg.models`, :mod:`rockseg.metrics` (Euler numbers of the
 validation tiles), :mod:`rockseg.errors`, :mod:`rockseg.devices`,
@@ -57,6 +59,7 @@ _EXPORTS = {
     "train": "trainer",
     "make_tiles": "tileset",
     "read_tiles": "tileset",
+    "read_regions": "tileset",
     "split_pairs": "pairs",
 }
 

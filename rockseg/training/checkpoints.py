@@ -63,7 +63,8 @@ def _load_checkpoint(path: Path, fingerprint: Mapping[str, Any]) -> dict[str, An
         raise InputError(f"{path} is not a rockseg checkpoint: move it away, or start again with --overwrite")
     if int(ckpt.get("format_version", 0)) > CHECKPOINT_VERSION:
         raise InputError(f"checkpoint {path} is from a newer rockseg: upgrade rockseg, or start again with --overwrite")
-    old = ckpt.get("settings", {})
+    # Checkpoints from before --sampling trained on the stored tiles: that is what they resume.
+    old = {"sampling": "fixed", **ckpt.get("settings", {})}
     coarse = ("tiles", "tile_counts", "world_size")  # the coarsest difference is the one to report
     for key in sorted(set(old) | set(fingerprint), key=lambda k: (k not in coarse, coarse.index(k) if k in coarse else 0, k)):
         if old.get(key) != fingerprint.get(key):

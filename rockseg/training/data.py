@@ -2,8 +2,9 @@
 
 Inputs are normalised with *global* intensity statistics, never per tile: those of the image each tile was cut from
 (a tile set may hold tiles of several images). :func:`_read_parts` gives each tile its ``(p_low, 1/scale)``;
-:func:`_load_batch` normalises and augments one batch; :class:`_Prefetcher` prepares batches in background threads
-while the network steps.
+:func:`_load_batch` normalises and augments one batch of stored tiles (:func:`_as_batch`, which the fresh patches of
+:mod:`rockseg.training.regions` go through too); :class:`_Prefetcher` prepares batches in background threads while
+the network steps.
 """
 
 from __future__ import annotations
@@ -91,8 +92,20 @@ def _load_batch(
 
     ``pin`` puts them in pinned memory, for an asynchronous copy to a GPU.
     """
-    img = normalize_tiles(part.image[idx], part.lo[idx], part.inv[idx])
-    lab = part.labels[idx]
+    return _as_batch(part.image[idx], part.labels[idx], part.lo[idx], part.inv[idx], augment=augment, rng=rng,
+                     pin=pin)
+
+
+def _as_batch(
+    images: np.ndarray, labels: np.ndarray, lo: np.ndarray, inv: np.ndarray, *, augment: AugmentConfig,
+    rng: np.random.Generator, pin: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, *S) grey values and labels -> normalised (``lo``, ``inv`` per tile), augmented tensors of a batch.
+
+    Both the stored tiles (:func:`_load_batch`) and fresh patches (:mod:`rockseg.training.regions`) go through it.
+    """
+    img = normalize_tiles(images, lo, inv)
+    lab = labels
     if augment.active:
         img, lab = augment_batch(img, lab, rng, config=augment)
     x = torch.from_numpy(np.ascontiguousarray(img)).unsqueeze(1)

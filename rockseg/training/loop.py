@@ -3,8 +3,10 @@
 A :class:`_Run` holds one run's network, optimizer, schedule and loss, and what happened so far (epochs, history,
 best weights), which :mod:`rockseg.training.checkpoints` writes and restores. Its methods are the loop, from the
 outside in: :meth:`_Run.fit` (epochs until ``epochs`` or the deadline; the log and a checkpoint after each),
-:meth:`_Run._epoch` (train, validate, keep the best), :meth:`_Run._train_epoch` (optimizer steps, warm-up),
-:meth:`_Run._accumulate` (the forward and backward passes of one step) and :meth:`_Run._validate`.
+:meth:`_Run._epoch` (train, validate, keep the best), :meth:`_Run._train_epoch` (optimizer steps, each at the
+rate of the warm-up and schedule, ``poly``'s from :meth:`_Run.progress`), :meth:`_Run._accumulate` (the forward and
+backward passes of one step) and :meth:`_Run._validate`. Training batches are fresh patches from the tile set's
+training regions (:mod:`rockseg.training.regions`) or its stored tiles, reshuffled each epoch (:meth:`_Run._batch`).
 
 Every process under torchrun runs the same loop on its share of the batches (:meth:`_Run._epoch_plan`); the
 processes agree on when to stop, and only rank 0 writes.
@@ -32,7 +34,8 @@ from rockseg.training.data import _load_batch, _Part, _Prefetcher
 from rockseg.training.distributed import _broadcast_buffers, _Dist, _reduce, _wrap
 from rockseg.training.hardware import _autocast
 from rockseg.training.losses import loss_function
-from rockseg.training.optimizers import _optimizer, _scheduler, _step_schedule, _warm_up
+from rockseg.training.optimizers import PolySchedule, _optimizer, _scheduler, _set_rates, _step_schedule
+from rockseg.training.regions import _region_batch, _Regions
 from rockseg.training.settings import TrainConfig
 from rockseg.training.validation import _validation_counts, euler_error, iou_from_confusion, selection_score
 
@@ -71,6 +74,7 @@ class _Run:
                                                           "per_phase": [], "state": None})
     previous_elapsed: float = 0.0
     train_seconds: float = 0.0
+    regions: _Regions | None = None  # fresh random patches from these, else the stored tiles
 
     def __post_init__(self) -> None:
         c = self.config
@@ -87,25 +91,47 @@ class _Run:
         self.pin = self.device.type == "cuda"
 
     def elapsed(self) -> float:
+        """Seconds of the run so far, the parts before a resume included (as their checkpoint recorded them)."""
         return self.previous_elapsed + time.monotonic() - self.t0
 
+    def progress(self) -> float:
+        """The share of the run done once the coming optimizer step is taken, 0..1 (the ``poly`` schedule's).
+
+        With ``max_minutes``, the share of it elapsed (:meth:`elapsed`, the most of any process, so that all step
+        at one rate), which reaches 1 when the time runs out; else the share of the ``epochs``' optimizer steps.
+        """
+        c, d = self.config, self.dist_info
+        if c.max_minutes is None:
+            return min(1.0, (self.optimizer_steps + 1) / (c.epochs * self.steps))
+        elapsed = torch.tensor([self.elapsed()], dtype=torch.float64, device=d.reduce_on(self.device))
+        return min(1.0, float(_reduce(elapsed, d, "max")) / (60.0 * c.max_minutes))
+
     # ---------------------------------------------------------------------------------------- batches
-    def _epoch_plan(self, epoch: int) -> tuple[np.ndarray, list[int]]:
-        """Tile order of the epoch (all processes) and the global indices of this process's batches."""
+    def _epoch_plan(self, epoch: int) -> tuple[np.ndarray | None, list[int]]:
+        """Tile order of the epoch (all processes; None for fresh patches) and the global indices of this
+        process's batches."""
         c, d = self.config, self.dist_info
         n_train = len(self.parts["train"])
         total = self.steps * c.accumulate * d.world
-        rng = np.random.default_rng([c.seed, 0, epoch])
-        passes = math.ceil(total * c.batch_size / n_train)
-        order = np.concatenate([rng.permutation(n_train) for _ in range(passes)])
+        order = None
+        if self.regions is None:
+            rng = np.random.default_rng([c.seed, 0, epoch])
+            passes = math.ceil(total * c.batch_size / n_train)
+            order = np.concatenate([rng.permutation(n_train) for _ in range(passes)])
         # Optimizer step s takes batches s*W*A ... (s+1)*W*A - 1 of all processes; process r the r-th run of A.
         mine = [s * d.world * c.accumulate + d.rank * c.accumulate + j
                 for s in range(self.steps) for j in range(c.accumulate)]
         return order, mine
 
-    def _batch(self, epoch: int, order: np.ndarray, g: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Batch ``g`` of the epoch: normalised, augmented (its own seeded generator), as tensors (N, 1, *S), (N, *S)."""
+    def _batch(self, epoch: int, order: np.ndarray | None, g: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batch ``g`` of the epoch: normalised, augmented (its own seeded generator), as tensors (N, 1, *S), (N, *S).
+
+        Fresh patches from the training regions when there are some, else the stored tiles in ``order``.
+        """
         c = self.config
+        if self.regions is not None:
+            return _region_batch(self.regions, c.batch_size, augment=self.augment,
+                                 rng=np.random.default_rng([c.seed, 2, epoch, g]), pin=self.pin)
         idx = np.sort(order[g * c.batch_size : (g + 1) * c.batch_size])
         return _load_batch(self.parts["train"], idx, augment=self.augment,
                            rng=np.random.default_rng([c.seed, 1, epoch, g]), pin=self.pin)
@@ -193,7 +219,8 @@ class _Run:
             for _ in range(self.steps):
                 self._accumulate(loader, running)
                 batches += c.accumulate
-                _warm_up(self.optimizer, scheduled, self.optimizer_steps, self.warmup_steps)
+                rates = self.scheduler.rates(self.progress()) if isinstance(self.scheduler, PolySchedule) else scheduled
+                _set_rates(self.optimizer, rates, self.optimizer_steps, self.warmup_steps)
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.optimizer_steps += 1

@@ -104,19 +104,25 @@ def split_pairs(paths: Sequence[PathLike]) -> tuple[list[Path], list[Path]]:
 
 
 class _PatchReader:
-    """Read image and label patches, from memory when the region is small, else straight from the stores."""
+    """Read image and label patches (image coordinates) from arrays whose first voxel is at ``offset``.
 
-    def __init__(
-        self, image: zarr.Array, labels: zarr.Array, region: Region, squeeze: int | None
-    ) -> None:
+    :meth:`for_region` reads a region into memory when it is small, else reads straight from the stores; the
+    training regions of a tile set, already in memory, are read through one too
+    (:mod:`rockseg.training.regions`).
+    """
+
+    def __init__(self, image: Any, labels: Any, offset: Sequence[int], squeeze: int | None) -> None:
+        self.image, self.labels = image, labels
+        self.offset = np.array(offset, np.int64)
         self.squeeze = squeeze
+
+    @classmethod
+    def for_region(cls, image: zarr.Array, labels: zarr.Array, region: Region, squeeze: int | None) -> _PatchReader:
+        """A reader of ``region`` of the stores: in memory when image + labels take at most :data:`REGION_BYTES`."""
         voxels = math.prod(s.stop - s.start for s in region)
         if voxels * (image.dtype.itemsize + labels.dtype.itemsize) <= REGION_BYTES:
-            self.offset = np.array([s.start for s in region], np.int64)
-            self.image, self.labels = np.asarray(image[region]), np.asarray(labels[region])
-        else:
-            self.offset = np.zeros(len(region), np.int64)
-            self.image, self.labels = image, labels
+            return cls(np.asarray(image[region]), np.asarray(labels[region]), [s.start for s in region], squeeze)
+        return cls(image, labels, [0] * len(region), squeeze)
 
     def _local(self, region: Region) -> Region:
         return tuple(slice(s.start - int(o), s.stop - int(o)) for s, o in zip(region, self.offset))

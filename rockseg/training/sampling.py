@@ -12,6 +12,10 @@ phase's voxels, found block by block with a :class:`ClassIndex`), the other half
 (:func:`sample_origins`). A phase that fills 2% of a rock is then seen in a good share of the patches instead of
 almost never. A share of 0 gives uniform positions only.
 
+:func:`mixed_origins` draws a mix of both kinds from a :class:`ClassIndex` built once: the fixed patches of a tile
+set (:func:`draw_origins`) and the fresh patches of every training step (:mod:`rockseg.training.regions`) come
+from it.
+
 How many patches: :func:`default_counts` for a tile set, :func:`share_counts` among its pairs.
 """
 
@@ -287,10 +291,28 @@ def draw_origins(
     ``read_labels`` in blocks grown from the label store's ``chunks``), the rest uniform (:func:`sample_origins`).
     """
     n_bal = int(round(share * count))
-    origins = sample_origins(slab, extent, count - n_bal, rng)
-    if n_bal:
+    index = None
+    if n_bal:  # indexing the labels draws nothing from ``rng``
         block = scan_block(chunks, [b.stop - b.start for b in slab])
         index = ClassIndex(read_labels, slab, block, lab_path=lab_path)
-        origins = np.concatenate([origins, balanced_origins(index, slab, extent, n_bal, rng)])
+    return mixed_origins(index, slab, extent, count, n_bal, rng)
+
+
+def mixed_origins(
+    index: ClassIndex | None, region: Sequence[slice], extent: Sequence[int], count: int, balanced: int,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """``count`` patch corners (count, ndim) int64 in ``region``, sorted by position: ``count - balanced`` uniform
+    (:func:`sample_origins`), then ``balanced`` centred on voxels of phases drawn uniformly among those ``index``
+    finds in ``region`` (:func:`balanced_origins`).
+
+    Both :func:`draw_origins` (the fixed patches of a tile set) and the fresh patches of each training step
+    (:mod:`rockseg.training.regions`) draw their corners here.
+    """
+    origins = sample_origins(region, extent, count - balanced, rng)
+    if balanced:
+        if index is None:
+            raise ValueError("balanced patch corners need a ClassIndex of the region")
+        origins = np.concatenate([origins, balanced_origins(index, region, extent, balanced, rng)])
         origins = origins[np.lexsort(origins.T[::-1])]
     return origins

@@ -23,7 +23,7 @@ from rockseg.devices import resolve_device
 from rockseg.errors import InputError, did_you_mean
 from rockseg.models import ARCHITECTURES
 from rockseg.training.losses import parse_class_weights, parse_loss
-from rockseg.vocabulary import ACTIVATIONS, AUGMENTS, NORMS, OPTIMIZERS, PRECISIONS, SCHEDULES
+from rockseg.vocabulary import ACTIVATIONS, AUGMENTS, NORMS, OPTIMIZERS, PRECISIONS, SAMPLINGS, SCHEDULES
 
 
 def _choice(name: str, value: Any, choices: Sequence[str]) -> None:
@@ -50,18 +50,25 @@ class TrainConfig:
     epochs : maximum number of epochs.
     max_minutes : stop after this much wall time, minutes (checked between steps), keeping the best model so far.
         The validation pass of the interrupted epoch and writing the model come on top: leave a margin under a
-        job's wall-time limit.
+        job's wall-time limit. A resumed run gets it afresh, while ``poly`` decays over the run's whole elapsed time
+        (resumed parts included, as the checkpoint recorded it): a resumed run past it trains at ``min_lr``.
     batch_size : tiles per forward pass (per process under torchrun).
     accumulate : forward passes whose gradients are summed before each optimizer step.
     fraction : share of one pass over the training tiles done per epoch, 0 < fraction <= 1 (for huge tile sets).
     steps_per_epoch : optimizer steps per epoch; default one pass over the training tiles (times ``fraction``).
+    sampling : ``"random"`` (fresh patches drawn from the tile set's training regions for every batch; a tile set
+        without regions falls back to ``"fixed"``) or ``"fixed"`` (the tile set's stored patches, reshuffled each
+        epoch). See :mod:`rockseg.training.regions`.
     lr : (initial) learning rate.
     optimizer : ``"adam"``, ``"adamw"`` or ``"sgd"`` (momentum 0.9, Nesterov).
     weight_decay : L2 (adam, sgd) or decoupled (adamw) weight decay; default 0, and 0.01 for adamw.
-    schedule : ``"none"``; ``"plateau"`` (halve the rate when the validation mean IoU has not improved for
-        ``patience`` epochs); ``"exp"`` (multiply by a constant each epoch, reaching ``min_lr`` at the last epoch);
-        ``"cosine"`` (cosine annealing to ``min_lr`` with a warm restart every ``cosine_epochs`` epochs).
-    min_lr : floor of the schedules.
+    schedule : ``"poly"`` (``lr * (1 - progress)**0.9`` floored at ``min_lr``, set before every optimizer step;
+        progress is the share of ``max_minutes`` elapsed when it is given, else the share of the ``epochs``'
+        steps done); ``"none"`` (a constant rate); ``"plateau"`` (halve the rate when the validation mean IoU has
+        not improved for ``patience`` epochs); ``"exp"`` (multiply by a constant each epoch, reaching ``min_lr``
+        at the last epoch); ``"cosine"`` (cosine annealing to ``min_lr`` with a warm restart every
+        ``cosine_epochs`` epochs).
+    min_lr : floor of the schedules (the rate ``poly`` ends at).
     cosine_epochs : epochs between warm restarts of the cosine schedule.
     warmup_epochs : epochs over which the rate ramps up linearly from almost 0, step by step.
     patience : epochs without improvement before the plateau schedule lowers the rate.
@@ -96,10 +103,11 @@ class TrainConfig:
     accumulate: int = 1
     fraction: float = 1.0
     steps_per_epoch: int | None = None
+    sampling: str = "random"
     lr: float = 1e-3
     optimizer: str = "adam"
     weight_decay: float | None = None
-    schedule: str = "none"
+    schedule: str = "poly"
     min_lr: float = 1e-5
     cosine_epochs: int = 10
     warmup_epochs: int = 0
@@ -130,7 +138,8 @@ class TrainConfig:
         parse_loss(self.loss)
         for name, value, choices in (("norm", self.norm, NORMS), ("act", self.act, ACTIVATIONS),
                                      ("optimizer", self.optimizer, OPTIMIZERS), ("schedule", self.schedule, SCHEDULES),
-                                     ("precision", self.precision, PRECISIONS), ("augment", self.augment, AUGMENTS)):
+                                     ("precision", self.precision, PRECISIONS), ("augment", self.augment, AUGMENTS),
+                                     ("sampling", self.sampling, SAMPLINGS)):
             _choice(name, value, choices)
         if self.encoder is not None:
             encoders = list(getattr(models, "ENCODERS", ()))
@@ -151,6 +160,10 @@ class TrainConfig:
         if self.schedule == "exp" and not 0 < self.min_lr <= self.lr:
             raise InputError(
                 f"--min-lr {self.min_lr!r} must be above 0 and at most --lr {self.lr!r} for --schedule exp, e.g. 1e-5"
+            )
+        if self.schedule == "poly" and self.min_lr > self.lr:
+            raise InputError(
+                f"--min-lr {self.min_lr!r} must be at most --lr {self.lr!r} for --schedule poly, e.g. 1e-5"
             )
         if self.weight_decay is not None:
             _check_number("weight-decay", self.weight_decay, positive=False, example="1e-4")

@@ -5,10 +5,15 @@ pairs and writes a *tile set*: a Zarr v3 group that :func:`rockseg.training.trai
 :func:`read_tiles`. It reads as check -> plan -> run: the options and pairs are checked
 (:mod:`rockseg.training.pairs`), :func:`_plan` splits each pair into a training and a validation slab and shares
 out the patches (:mod:`rockseg.training.sampling`), and :func:`_write_tile_set` samples and writes them part by
-part (:func:`_write_part`) with the attributes below (:func:`_tile_set_attrs`). Patch positions are class-balanced
-by default; ``balance=False`` gives uniform positions only.
+part (:func:`_write_part`), copies each pair's *training region* (:func:`_write_regions`) and writes the attributes
+below (:func:`_tile_set_attrs`). Patch positions are class-balanced by default; ``balance=False`` gives uniform
+positions only.
 
-Tile set layout (format version 2)
+The training region of a pair is its training slab: every voxel a training patch may come from, and no voxel of
+its validation slab. ``rockseg train`` draws fresh random patches from the regions every step
+(:mod:`rockseg.training.regions`); :func:`read_regions` reads them.
+
+Tile set layout (format version 3)
 ----------------------------------
 ``train/image``, ``val/image`` : (N, *patch) arrays in the images' dtype (float32 when the pairs' dtypes
     differ); ``patch`` is (size, size) for 2D tiles and (size, size, size) for 3D tiles. A 2D tile cut across
@@ -17,18 +22,23 @@ Tile set layout (format version 2)
 ``train/origins``, ``val/origins`` : (N, image.ndim) int64, the corner of each patch in the coordinates of its
     own image (a 2D tile across ``y`` from a (Z, Y, X) stack covers ``[z:z+size, y, x:x+size]``).
 ``train/source``, ``val/source`` : (N,) uint8, the index in ``sources`` of the pair each patch comes from.
+``regions/<s>/image``, ``regions/<s>/labels`` : the training region of source ``s``, whole, in that image's dtype
+    and uint8; its corner in the image is ``sources[s]["train_region"]``. Stored only when the regions of all
+    pairs take at most :data:`REGION_MAX_BYTES` (image and labels together); else none is.
 
-Group attributes: ``format`` (``"rockseg-tiles"``), ``format_version`` (2), ``dims``, ``size``, ``slice_axis``
-(``"z"``, ``"y"`` or ``"x"`` for 2D tiles, the axis the slices are cut across; ``"z"`` for a 2D image; ``None``
-for 3D tiles), ``classes``, ``phases`` ({label: name} for labels 0..classes-1), ``sources`` (one dict per pair:
-``image`` and ``labels`` paths, ``intensity`` statistics of that whole image for normalisation, ``split`` and
-``counts``), ``sampling`` (``method`` ``"balanced"`` or ``"uniform"`` and ``balanced_share``), ``counts``,
-``class_counts`` (voxels per label in the tiles of each part) and ``class_fractions`` (the same as shares),
-``val_fraction``, ``seed``, ``voxel_size``/``voxel_unit`` when the first image has them, and ``rockseg``
-(provenance). For readers of version 1, ``intensity``, ``split`` and ``source`` (image and labels paths) repeat
-those of the first pair.
+Group attributes: ``format`` (``"rockseg-tiles"``), ``format_version`` (3), ``dims``, ``size``, ``slice_axis``
+(``"z"``, ``"y"`` or ``"x"`` for 2D tiles, the axis the slices are cut across; ``"z"`` for a 2D image; ``None`` for
+3D tiles), ``classes``, ``phases`` ({label: name} for labels 0..classes-1), ``sources`` (one dict per pair: ``image``
+and ``labels`` paths, ``intensity`` statistics of that whole image for normalisation, ``split``, ``counts`` and
+``train_region`` ([[start, stop], ...] per image axis)), ``regions`` (``stored``, ``bytes``, ``max_bytes`` and, when
+stored, ``class_counts``: voxels per label in all regions), ``sampling`` (``method`` ``"balanced"`` or ``"uniform"``
+and ``balanced_share``), ``counts``, ``class_counts`` (voxels per label in the tiles of each part) and
+``class_fractions`` (the same as shares), ``val_fraction``, ``seed``, ``voxel_size``/``voxel_unit`` when the first
+image has them, and ``rockseg`` (provenance). For readers of version 1, ``intensity``, ``split`` and ``source``
+(image and labels paths) repeat those of the first pair.
 
-A version-1 set (one pair, no ``source`` arrays, 2D tiles only across ``z``) is still read by :func:`read_tiles`.
+Version-1 (one pair, no ``source`` arrays, 2D tiles only across ``z``) and version-2 sets (no training
+regions) are still read by :func:`read_tiles`; training uses their fixed patches.
 """
 
 from __future__ import annotations
@@ -54,11 +64,14 @@ from rockseg.training.pairs import (
 from rockseg.vocabulary import AXES, MAX_LABEL
 
 TILES_FORMAT = "rockseg-tiles"
-TILES_FORMAT_VERSION = 2
+TILES_FORMAT_VERSION = 3
 #: Format versions :func:`read_tiles` reads.
-READABLE_VERSIONS = (1, 2)
+READABLE_VERSIONS = (1, 2, 3)
 #: Target size of one stored chunk of tiles, bytes.
 CHUNK_BYTES = 2 * 2**20
+#: The training regions are stored when image and labels of all of them take at most this many bytes (training
+#: holds them in memory); above it none are, and training uses the fixed patches.
+REGION_MAX_BYTES = 2 * 2**30
 
 
 def make_tiles(
@@ -110,7 +123,9 @@ def make_tiles(
     -------
     dict : a summary: ``path``, ``dims``, ``size``, ``slice_axis``, ``train`` and ``val`` (patch counts),
         ``classes``, ``phases``, ``split`` (of the first pair), ``sources`` (number of pairs), ``sampling``
-        (``"balanced"`` or ``"uniform"``), ``fractions`` ({"train"/"val": {name: share of tile voxels}}).
+        (``"balanced"`` or ``"uniform"``), ``fractions`` ({"train"/"val": {name: share of tile voxels}}),
+        ``regions`` (True when the training regions are stored; False when their ``region_bytes`` exceed
+        :data:`REGION_MAX_BYTES`, and training will use the fixed patches).
 
     Raises
     ------
@@ -133,6 +148,7 @@ def make_tiles(
         "path": str(out_path), "dims": dims, "size": size, "slice_axis": slice_axis, "train": plan.totals["train"],
         "val": plan.totals["val"], "classes": attrs["classes"], "phases": names, "split": sources[0].split,
         "sources": len(sources), "sampling": attrs["sampling"]["method"], "fractions": fractions,
+        "regions": plan.regions, "region_bytes": int(plan.region_bytes),
     }
 
 
@@ -153,6 +169,12 @@ class _TilePlan:
     share: float  # of balanced patches
     val_fraction: float
     seed: int
+    region_bytes: int  # image + labels of the training regions of all pairs
+
+    @property
+    def regions(self) -> bool:
+        """Whether the training regions are stored (:data:`REGION_MAX_BYTES`)."""
+        return self.region_bytes <= REGION_MAX_BYTES
 
 
 def _plan(
@@ -185,12 +207,13 @@ def _plan(
     dtypes = {np.dtype(src.image.dtype) for src in sources}
     tile_dtype = dtypes.pop() if len(dtypes) == 1 else np.dtype(np.float32)
     patch = (size,) * dims
+    region_bytes = sum(v * (np.dtype(src.image.dtype).itemsize + 1) for v, src in zip(slab_voxels["train"], sources))
     return _TilePlan(
         dims=dims, size=size, slice_axis=slice_axis, extent=extent, patch=patch,
         squeeze=AXES.index(slice_axis) if dims == 2 and ndim == 3 else None,
         totals={part: sum(shares[part]) for part in shares}, given=given, dtype=tile_dtype,
         per_chunk=max(1, CHUNK_BYTES // (math.prod(patch) * max(tile_dtype.itemsize, 1))),
-        share=BALANCED_SHARE if balance else 0.0, val_fraction=val_fraction, seed=seed,
+        share=BALANCED_SHARE if balance else 0.0, val_fraction=val_fraction, seed=seed, region_bytes=region_bytes,
     )
 
 
@@ -215,10 +238,47 @@ def _write_tile_set(out: Path, sources: Sequence[_Source], plan: _TilePlan, *, o
                 f"labels {where} hold only label {int(present[0])} in the sampled region: "
                 f"training needs at least two phases; check the labels or the --crop"
             )
-        classes = int(max(present.max(), max(plan.given, default=0))) + 1
+        top = present.max()
+        region_hist = _write_regions(group, sources) if plan.regions else None
+        if region_hist is not None:  # a phase no fixed patch caught may still be in a random one
+            top = max(top, np.flatnonzero(region_hist).max())
+        classes = int(max(top, max(plan.given, default=0))) + 1
         attrs = _tile_set_attrs(sources, plan, {part: hist[part][:classes].tolist() for part in hist})
+        if region_hist is not None:
+            attrs["regions"]["class_counts"] = region_hist[:classes].tolist()
         group.attrs.update(attrs)
     return attrs
+
+
+def _region_chunks(shape: Sequence[int]) -> tuple[int, ...]:
+    """Chunks of a stored training region: thin along its first axis, so it is copied a few slices at a time."""
+    first = 16 if len(shape) == 3 else 256
+    return (min(first, shape[0]), *(min(256, n) for n in shape[1:]))
+
+
+def _write_regions(group: zarr.Group, sources: Sequence[_Source]) -> np.ndarray:
+    """Copy the training region (the training slab) of each pair into ``regions/<s>/image`` and ``labels``.
+
+    Returns the label histogram (256,) int64 of all regions. Copied a chunk-thick piece at a time.
+    """
+    hist = np.zeros(MAX_LABEL + 1, np.int64)
+    comp = stores.compressors_for()
+    for s, src in enumerate(sources):
+        slab = src.slab("train")
+        shape = tuple(b.stop - b.start for b in slab)
+        chunks = _region_chunks(shape)
+        img = group.create_array(f"regions/{s}/image", shape=shape, dtype=np.dtype(src.image.dtype), chunks=chunks,
+                                 compressors=comp, fill_value=0)
+        lab = group.create_array(f"regions/{s}/labels", shape=shape, dtype=np.uint8, chunks=chunks,
+                                 compressors=comp, fill_value=0)
+        for a in range(0, shape[0], chunks[0]):
+            b = min(a + chunks[0], shape[0])
+            piece = (slice(slab[0].start + a, slab[0].start + b), *slab[1:])
+            img[a:b] = np.asarray(src.image[piece])
+            labels = _check_label_range(np.asarray(src.labels[piece]), src.lab_path)
+            lab[a:b] = labels
+            hist += np.bincount(labels.ravel(), minlength=MAX_LABEL + 1)
+    return hist
 
 
 def _tile_set_attrs(
@@ -241,9 +301,11 @@ def _tile_set_attrs(
         "split": first.split,
         "sources": [
             {"image": str(src.img_path.resolve()), "labels": str(src.lab_path.resolve()),
-             "intensity": src.stats, "split": src.split, "counts": src.counts}
+             "intensity": src.stats, "split": src.split, "counts": src.counts,
+             "train_region": [[b.start, b.stop] for b in src.slab("train")]}
             for src in sources
         ],
+        "regions": {"stored": plan.regions, "bytes": int(plan.region_bytes), "max_bytes": REGION_MAX_BYTES},
         "sampling": {"method": "balanced" if plan.share else "uniform", "balanced_share": plan.share},
         "counts": plan.totals,
         "class_counts": class_counts,
@@ -282,7 +344,7 @@ def _write_part(
     for s, src in enumerate(sources):
         slab = src.slab(part)
         k = src.counts[part]
-        reader = _PatchReader(src.image, src.labels, slab, plan.squeeze)
+        reader = _PatchReader.for_region(src.image, src.labels, slab, plan.squeeze)
         origins = draw_origins(reader.read_labels, slab, src.labels.shards or src.labels.chunks, plan.extent, k,
                                plan.share, rng, lab_path=src.lab_path)
         all_origins.append(origins)
@@ -326,7 +388,9 @@ def _upgrade_v1(attrs: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_tiles(path: PathLike) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Open a tile set written by :func:`make_tiles` (format version 1 or 2) and load its arrays into memory.
+    """Open a tile set written by :func:`make_tiles` (format version 1, 2 or 3) and load its patches into memory.
+
+    The training regions of a version-3 set are not read here: :func:`read_regions` reads them.
 
     Returns
     -------
@@ -402,3 +466,48 @@ def read_tiles(path: PathLike) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
                 )
             arrays[f"{part}/source"] = source
     return attrs, arrays
+
+
+def read_regions(path: PathLike, attrs: dict[str, Any]) -> list[tuple[tuple[int, ...], np.ndarray, np.ndarray]] | None:
+    """The training regions of a tile set, in memory: one ``(origin, image, labels)`` per source.
+
+    Parameters
+    ----------
+    path : the tile set.
+    attrs : its attributes, as :func:`read_tiles` returns them.
+
+    Returns
+    -------
+    list or None : per source, the corner of its training region in the source image's coordinates, the image
+        (the source's dtype) and the labels (uint8) of the region; None for a set that holds no regions (format
+        version 1 or 2, or regions over :data:`REGION_MAX_BYTES`).
+
+    Raises
+    ------
+    InputError
+        if the regions are missing, of the wrong shape, or hold a label of no class.
+    """
+    regions = attrs.get("regions")
+    if not (isinstance(regions, dict) and regions.get("stored")):
+        return None
+    group = zarr.open_group(str(path), mode="r")
+    classes = int(attrs["classes"])
+    out = []
+    for s, src in enumerate(attrs["sources"]):
+        bounds = src.get("train_region") or []
+        want = tuple(b - a for a, b in bounds)
+        try:
+            img, lab = group[f"regions/{s}/image"], group[f"regions/{s}/labels"]
+        except KeyError:
+            img = lab = None
+        if img is None or img.shape != want or lab.shape != want or not want:
+            raise InputError(
+                f"tile set {path} lacks the training region {want} of source {s} (regions/{s}/image and "
+                f"labels): re-make it with 'rockseg tile', or train with --sampling fixed"
+            )
+        labels = np.asarray(lab[...])
+        top = int(labels.max())
+        if top >= classes:
+            raise InputError(f"tile set {path}: regions/{s}/labels hold label {top} but classes is {classes}")
+        out.append((tuple(int(a) for a, _ in bounds), np.asarray(img[...]), labels))
+    return out

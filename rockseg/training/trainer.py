@@ -2,9 +2,12 @@
 
 :func:`train` reads a tile set made by :func:`rockseg.training.tileset.make_tiles` into memory and trains a network
 from :mod:`rockseg.models`: a "+"-sum of losses (cross-entropy, soft Dice, focal, log soft IoU; optional class
-weights), Adam / AdamW / SGD with an optional learning-rate schedule and warm-up, gradient accumulation, bf16
-autocast where the hardware has it, and on-the-fly augmentation (:mod:`rockseg.training.augment`) prepared in a
-background thread while the network steps. After every epoch it measures the validation mean IoU, keeps the best
+weights), Adam / AdamW / SGD with a learning-rate schedule (by default ``poly``, decaying step by step over
+``max_minutes`` or the epochs) and warm-up, gradient accumulation, bf16 autocast where the hardware has it, and
+on-the-fly augmentation (:mod:`rockseg.training.augment`) prepared in a background thread while the network steps.
+Each training batch is drawn afresh from the tile set's training regions (:mod:`rockseg.training.regions`;
+``sampling="fixed"``, or a tile set without regions, reuses its stored patches); validation always scores the
+stored validation patches. After every epoch it measures the validation mean IoU, keeps the best
 weights and writes a checkpoint, so a killed run continues with ``resume=True``. ``max_minutes`` stops the run after
 that much wall time (checked between steps) and still writes the best model so far, so a job under an HPC
 wall-time limit always ends with a usable model.
@@ -62,6 +65,7 @@ from rockseg.training.hardware import _Placement, _placement, _torch_threads, tr
 from rockseg.training.loop import _Run
 from rockseg.training.losses import parse_class_weights, parse_loss
 from rockseg.training.network import _build, _plain
+from rockseg.training.regions import _load_regions, _Regions
 from rockseg.training.settings import TrainConfig, curve_path_for, halo_for, log_path_for, tile_for
 from rockseg.training.tileset import read_tiles
 
@@ -150,6 +154,12 @@ class _Plan:
     class_weights: list[float] | None
     weights_file: Path | None
     phases: dict[int, str]
+    regions: _Regions | None  # fresh random patches from these; None: the stored tiles
+
+    @property
+    def sampling(self) -> str:
+        """The sampling the run uses: ``"random"`` when the tile set has training regions to draw from."""
+        return "fixed" if self.regions is None else "random"
 
 
 def _plan(
@@ -168,11 +178,12 @@ def _plan(
         counts = np.bincount(parts["train"].labels.ravel(), minlength=classes)[:classes].tolist()
     class_weights = parse_class_weights(config.class_weights, classes=classes, counts=counts, tiles=tiles)
     weights_file = _encoder_weights_file(config)
+    regions = _load_regions(tiles, attrs, source_stats) if config.sampling == "random" else None
     return _Plan(
         config=config, tiles=tiles, out_path=out_path, ckpt_path=ckpt_path, resume=resume, device=device,
         attrs=attrs, parts=parts, source_stats=source_stats, dims=tile_dims, size=size, classes=classes,
         arch_args=arch_args, divisor=divisor, class_weights=class_weights, weights_file=weights_file,
-        phases={int(k): str(v) for k, v in attrs[stores.ATTR_PHASES].items()},
+        phases={int(k): str(v) for k, v in attrs[stores.ATTR_PHASES].items()}, regions=regions,
     )
 
 
@@ -230,12 +241,16 @@ def _fit(
             net.to(place.device, memory_format=training_memory_format(plan.dims)), plan.parts, config=config,
             classes=plan.classes, phases=plan.phases, device=place.device, bf16=place.bf16,
             class_weights=plan.class_weights, dist_info=dist_info, fingerprint=fingerprint,
-            ckpt_path=plan.ckpt_path, log_path=log_path_for(plan.out_path), t0=t0,
+            ckpt_path=plan.ckpt_path, log_path=log_path_for(plan.out_path), t0=t0, regions=plan.regions,
         )
         if checkpoint is not None:
             _restore(run, checkpoint)
-        if log is not None and checkpoint is not None and dist_info.main:
-            log(f"resuming {plan.ckpt_path} after epoch {checkpoint['epoch']}")
+        if log is not None and dist_info.main:
+            if checkpoint is not None:
+                log(f"resuming {plan.ckpt_path} after epoch {checkpoint['epoch']}")
+            if config.sampling != plan.sampling:
+                log(f"tile set {plan.tiles} holds no training regions (made before rockseg stored them, or over "
+                    f"their size bound): training on its stored patches, as --sampling fixed does")
         run.fit(progress=progress and dist_info.main, log=log if dist_info.main else None)
     return run, setup, checkpoint
 
@@ -260,6 +275,7 @@ def _summary(
         "train_seconds": round(run.train_seconds, 3),
         "tiles": str(Path(plan.tiles).resolve()),
         "train_tiles": len(plan.parts["train"]),
+        "sampling": plan.sampling,
         "val_tiles": len(plan.parts["val"]),
         "tile_split": plan.attrs.get("split"),
         "tile_sources": len(plan.source_stats),

@@ -87,3 +87,26 @@ def check_disjoint_inside_slabs(attrs: dict, arrays: dict, origins: dict, extent
 def read_origins(out: Path) -> dict[str, np.ndarray]:
     group = zarr.open_group(str(out), mode="r")
     return {part: group[f"{part}/origins"][...] for part in ("train", "val")}
+
+
+def position_coded(shape: tuple[int, ...], start: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """An image whose grey value is ``start`` + each voxel's flat index, and labels that are a function of position:
+    the parity of the voxel's 4-voxel cell, ``(z // 4 + y // 4 + x // 4) % 2``. A patch then says where it came
+    from."""
+    image = start + np.arange(int(np.prod(shape)), dtype=np.int32).reshape(shape)
+    return image, cell_parity(np.indices(shape))
+
+
+def cell_parity(coords: np.ndarray) -> np.ndarray:
+    """The labels of :func:`position_coded` at ``coords`` (ndim, ...) int."""
+    return (sum(c // 4 for c in coords) % 2).astype(np.uint8)
+
+
+def write_coded(path: Path, image: np.ndarray, scale: int) -> Path:
+    """Write a :func:`position_coded` image with statistics that normalise grey value v to v / scale."""
+    return write(path, image, intensity={"p_low": 0.0, "p_high": float(scale)})
+
+
+def decode(x: np.ndarray, scale: int) -> np.ndarray:
+    """The grey values of normalised values ``x`` of a :func:`write_coded` image, as int64."""
+    return np.rint(np.asarray(x, np.float64) * scale).astype(np.int64)

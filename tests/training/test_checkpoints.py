@@ -1,4 +1,5 @@
-"""Tests of rockseg.training.checkpoints: a resumed run equals a straight one, and resuming needs the same settings."""
+"""Tests of rockseg.training.checkpoints: a resumed run equals a straight one, and resuming needs the same settings
+(checkpoints from before --sampling resume with fixed sampling)."""
 
 from __future__ import annotations
 
@@ -81,3 +82,15 @@ def test_checkpoint_contents(tilesets, tmp_path):
     assert ckpt["best"]["epoch"] == s["best_epoch"] and len(ckpt["history"]) == 2
     assert all(torch.equal(ckpt["best"]["state"][k], v) for k, v in weights(tmp_path / "m.pt").items())
     assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_checkpoints_from_before_sampling_resume_with_fixed_sampling(tilesets, tmp_path):
+    train(tilesets[2], tmp_path / "m.pt", config=TrainConfig(**{**TINY, "sampling": "fixed"}))
+    ckpt = torch.load(tmp_path / "m.ckpt", weights_only=True)
+    del ckpt["settings"]["sampling"]  # as rockseg wrote them before --sampling: they trained on the stored tiles
+    torch.save(ckpt, tmp_path / "m.ckpt")
+    with pytest.raises(InputError, match="--sampling 'fixed', not 'random'"):
+        train(tilesets[2], tmp_path / "m.pt", config=TrainConfig(**{**TINY, "epochs": 2}), resume=True)
+    s = train(tilesets[2], tmp_path / "m.pt", config=TrainConfig(**{**TINY, "epochs": 2, "sampling": "fixed"}),
+              resume=True)
+    assert s["resumed_from"] == 1 and s["epochs_run"] == 2

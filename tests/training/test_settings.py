@@ -43,6 +43,8 @@ def test_more_checks_before_training(tilesets, tmp_path):
         (dict(weight_decay=-1.0), InputError, "--weight-decay"),
         (dict(schedule="exp", min_lr=0.0), InputError, "--min-lr"),
         (dict(schedule="exp", min_lr=1.0), InputError, "at most --lr"),
+        (dict(min_lr=0.1, lr=0.01), InputError, "--min-lr 0.1 must be at most --lr 0.01 for --schedule poly"),
+        (dict(sampling="randon"), InputError, "--sampling 'randon' is unknown \\(did you mean 'random'"),
         (dict(iou_alpha=0.0), InputError, "--iou-alpha"),
         (dict(focal_gamma=-1.0), InputError, "--focal-gamma"),
         (dict(seed=-1), InputError, "--seed"),

@@ -1,4 +1,5 @@
-"""Tests of rockseg.training.tileset: the tiles and attributes written, reading them back (versions 1 and 2), the CLI."""
+"""Tests of rockseg.training.tileset: the tiles, training regions and attributes written, reading them back (versions
+1, 2 and 3), the CLI."""
 
 from __future__ import annotations
 
@@ -108,7 +109,7 @@ def test_2d_tiles_across_each_axis_are_the_right_slices(tmp_path, axis, index, b
     s = make_tiles(img_path, lab_path, out, dims=2, size=16, count=40, axis=axis, balance=balance)
     attrs, arrays = read_tiles(out)
     origins = read_origins(out)
-    assert attrs["slice_axis"] == axis == s["slice_axis"] and attrs["format_version"] == 2
+    assert attrs["slice_axis"] == axis == s["slice_axis"] and attrs["format_version"] == 3
     assert attrs["sampling"]["method"] == ("balanced" if balance else "uniform")
     # Whole slices across the slice axis go to validation: round(0.2 * length) of them.
     length = image.shape[index]
@@ -221,8 +222,8 @@ def test_read_tiles_rejects_newer_versions_and_bad_source_arrays(vol, tmp_path):
     group["val/source"][0] = 1  # there is only source 0
     with pytest.raises(InputError, match="val/source .* does not index the 1 source"):
         read_tiles(out)
-    group.attrs["format_version"] = 3
-    with pytest.raises(InputError, match="format version 3, newer than this rockseg reads.*upgrade rockseg"):
+    group.attrs["format_version"] = 4
+    with pytest.raises(InputError, match="format version 4, newer than this rockseg reads.*upgrade rockseg"):
         read_tiles(out)
 
 
@@ -256,3 +257,68 @@ def test_cli_tile_contract_pairs_and_odd_count(tmp_path):
     assert [s["split"]["region"] for s in attrs["sources"]] == [[[0, 16], [0, 32], [0, 40]],
                                                                [[8, 24], [0, 32], [0, 20]]]
     check_disjoint_inside_slabs(attrs, arrays, read_origins(tmp_path / "c.zarr"), (8, 8, 1))
+
+
+def test_the_training_region_of_each_pair_is_stored_whole_and_only_it(tmp_path):
+    from rockseg.training.tileset import read_regions
+
+    image_a, labels_a = two_phase((24, 32, 32), seed=1)
+    image_b, labels_b = two_phase((32, 24, 40), seed=2)
+    image_b = image_b.astype(np.uint16) * 100
+    paths = [write(tmp_path / n, d) for n, d in
+             (("a.zarr", image_a), ("la.zarr", labels_a), ("b.zarr", image_b), ("lb.zarr", labels_b))]
+    out = tmp_path / "t.zarr"
+    s = make_tiles(paths[0::2], paths[1::2], out, dims=3, size=8, count=40, crop=[None, "2:30,:,:"])
+    attrs, arrays = read_tiles(out)
+    # a splits along Y: training Y [0, 24); b (cropped to Z 2:30) along X: training X [0, 32).
+    want = [[[0, 24], [0, 24], [0, 32]], [[2, 30], [0, 24], [0, 32]]]
+    assert [src["train_region"] for src in attrs["sources"]] == want
+    voxels = 24 * 24 * 32 + 28 * 24 * 32
+    assert s["regions"] is True and s["region_bytes"] == 24 * 24 * 32 * 2 + 28 * 24 * 32 * 3
+    assert attrs["regions"]["stored"] and attrs["regions"]["bytes"] == s["region_bytes"]
+    regions = read_regions(out, attrs)
+    for (origin, img, lab), bounds, image, labels in zip(regions, want, (image_a, image_b), (labels_a, labels_b)):
+        box = tuple(slice(a, b) for a, b in bounds)
+        assert origin == tuple(a for a, _ in bounds) and img.dtype == image.dtype and lab.dtype == np.uint8
+        np.testing.assert_array_equal(img, image[box])
+        np.testing.assert_array_equal(lab, labels[box])
+    assert sum(attrs["regions"]["class_counts"]) == voxels
+    # The region holds every fixed training patch and no validation voxel: it ends where the validation slab starts.
+    origins = read_origins(out)
+    for s_, src in enumerate(attrs["sources"]):
+        lo, hi = np.array(src["train_region"]).T
+        o = origins["train"][arrays["train/source"] == s_]
+        assert ((o >= lo) & (o + 8 <= hi)).all()
+        axis = src["split"]["axis"]
+        assert hi[axis] == src["split"]["val"][0]
+
+
+def test_regions_over_the_bound_are_not_stored_and_older_sets_have_none(vol, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from rockseg.cli import app
+    from rockseg.training import tileset
+
+    img_path, lab_path, _, _ = vol
+    region_bytes = 16 * 32 * 32 * 2  # training slab Z [0, 16) of a uint8 image and its labels
+    monkeypatch.setattr(tileset, "REGION_MAX_BYTES", region_bytes - 1)
+    s = make_tiles(img_path, lab_path, tmp_path / "a.zarr", dims=3, size=16, count=16)
+    attrs, _ = read_tiles(tmp_path / "a.zarr")
+    assert s["regions"] is False and s["region_bytes"] == region_bytes and not attrs["regions"]["stored"]
+    assert tileset.read_regions(tmp_path / "a.zarr", attrs) is None
+    assert "regions" not in zarr.open_group(str(tmp_path / "a.zarr"))
+    result = CliRunner().invoke(app, ["tile", str(img_path), str(lab_path), "-o", str(tmp_path / "b.zarr"),
+                                      "--size", "16", "--count", "16"])
+    assert result.exit_code == 0 and "train will use the fixed patches" in result.stdout
+    monkeypatch.setattr(tileset, "REGION_MAX_BYTES", region_bytes)
+    assert make_tiles(img_path, lab_path, tmp_path / "c.zarr", dims=3, size=16, count=16)["regions"] is True
+    # Versions 1 and 2 had no regions; they still read, with none.
+    group = zarr.open_group(str(tmp_path / "c.zarr"), mode="r+")
+    group.attrs["format_version"] = 2
+    del group.attrs["regions"]
+    del group["regions"]
+    attrs, arrays = read_tiles(tmp_path / "c.zarr")
+    assert attrs["format_version"] == 2 and len(arrays["train/image"]) == 16
+    assert tileset.read_regions(tmp_path / "c.zarr", attrs) is None
+    write_version_1(tmp_path / "v1.zarr")
+    assert tileset.read_regions(tmp_path / "v1.zarr", read_tiles(tmp_path / "v1.zarr")[0]) is None

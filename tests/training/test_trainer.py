@@ -137,6 +137,14 @@ def test_cli_train_with_the_new_options(tilesets, tmp_path):
     c = read_model_file(tmp_path / "m.pt")["training"]["config"]
     assert (c["loss"], c["focal_gamma"], c["class_weights"], c["optimizer"], c["schedule"], c["augment"],
             c["accumulate"]) == ("focal+dice", 1.5, "1,3", "adamw", "exp", "strong", 2)
+    result = runner.invoke(app, [*args, "--overwrite"])  # the defaults: fresh patches, poly schedule
+    assert result.exit_code == 0, result.output
+    t = read_model_file(tmp_path / "m.pt")["training"]
+    assert (t["config"]["sampling"], t["config"]["schedule"], t["sampling"]) == ("random", "poly", "random")
+    result = runner.invoke(app, [*args, "--sampling", "fixed", "--schedule", "none", "--overwrite"])
+    assert result.exit_code == 0, result.output
+    t = read_model_file(tmp_path / "m.pt")["training"]
+    assert (t["config"]["sampling"], t["config"]["schedule"], t["sampling"]) == ("fixed", "none", "fixed")
     result = runner.invoke(app, [*args, "--epochs", "3", "--resume"])  # other settings: refused, one line
     assert result.exit_code == 2 and "resume with the same settings" in result.output
     result = runner.invoke(app, [*args, "--loss", "ce+dise", "--overwrite"])
