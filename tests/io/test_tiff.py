@@ -95,3 +95,18 @@ def test_berea_tiff(tmp_path):
     reference = tifffile.imread(BEREA)
     np.testing.assert_array_equal(out[:], reference)
     assert out.attrs["intensity"]["mean"] == pytest.approx(0.19645, abs=5e-6)  # the porosity
+
+
+@pytest.mark.skipif(not (BEREA.parents[1] / "icl-mixedwet-250" / "MW_fw0.tif").exists(),
+                    reason="../shared/data/icl-mixedwet-250 is not here")
+def test_palette_lzw_tiff_from_a_lab_converts_to_its_labels(tmp_path):
+    # A palette (colour-mapped) LZW TIFF as ImageJ/Avizo write them: the stored indices are the labels 0, 1, 2
+    src = BEREA.parents[1] / "icl-mixedwet-250" / "MW_fw0.tif"
+    convert(src, tmp_path / "icl.zarr")
+    out = read_zarr(tmp_path / "icl.zarr")
+    with tifffile.TiffFile(src) as tif:
+        assert tif.pages[0].photometric == tifffile.PHOTOMETRIC.PALETTE and tif.pages[0].compression == 5  # LZW
+        want = tif.asarray()
+    assert out.shape == (250, 300, 300) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out, want)
+    assert set(np.unique(out)) == {0, 1, 2}
