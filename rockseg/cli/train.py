@@ -30,7 +30,7 @@ def train(
     depth: Annotated[int, typer.Option(min=1, max=6, help="down-sampling steps")] = 3,
     norm: Annotated[Norm, typer.Option(help="normalisation layers")] = Norm.batch,
     act: Annotated[Act, typer.Option(help="activation")] = Act.relu,
-    epochs: Annotated[int, typer.Option(min=1, help="maximum epochs")] = 50,
+    epochs: Annotated[Optional[int], typer.Option(min=1, help="maximum epochs (default 50; no limit with --max-minutes: the time budget decides)")] = None,
     max_minutes: Annotated[Optional[float], typer.Option(help="stop after this wall time, keeping the best model")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="tiles per forward pass (per process under torchrun)")] = 4,
     accumulate: Annotated[int, typer.Option(min=1, help="forward passes summed into each optimizer step")] = 1,

@@ -36,7 +36,7 @@ from rockseg.training.hardware import _autocast
 from rockseg.training.losses import loss_function
 from rockseg.training.optimizers import PolySchedule, _optimizer, _scheduler, _set_rates, _step_schedule
 from rockseg.training.regions import _region_batch, _Regions
-from rockseg.training.settings import TrainConfig
+from rockseg.training.settings import UNLIMITED_EPOCHS, TrainConfig
 from rockseg.training.validation import _validation_counts, euler_error, iou_from_confusion, selection_score
 
 
@@ -301,7 +301,7 @@ class _EpochBar:
         self.task = self.bar.add_task("epoch", total=steps, loss=float("nan"))
 
     def start(self, epoch: int, epochs: int, steps: int) -> None:
-        self.bar.reset(self.task, total=steps, description=f"epoch {epoch}/{epochs}")
+        self.bar.reset(self.task, total=steps, description=_epoch_of(epoch, epochs))
 
     def show(self, done: int, loss: float) -> None:
         self.bar.update(self.task, completed=done, loss=loss)
@@ -312,9 +312,14 @@ def _epoch_line(record: Mapping[str, Any], epochs: int, is_best: bool) -> str:
                        if p["iou"] is not None)
     note = " (cut short by --max-minutes)" if record["partial"] else ""
     return (
-        f"epoch {record['epoch']}/{epochs}  loss {record['loss']:.4f}  val mean IoU {record['val_mean_iou']:.4f}"
+        f"{_epoch_of(record['epoch'], epochs)}  loss {record['loss']:.4f}  val mean IoU {record['val_mean_iou']:.4f}"
         f"{' *' if is_best else ''}  [{phases}]  lr {record['lr']:.2e}  {record['seconds']:.1f} s{note}"
     )
+
+
+def _epoch_of(epoch: int, epochs: int) -> str:
+    """``epoch 3/50``, or ``epoch 3`` when the time budget, not the epochs, ends the run."""
+    return f"epoch {epoch}" if epochs >= UNLIMITED_EPOCHS else f"epoch {epoch}/{epochs}"
 
 
 def _euler_text(phase: Mapping[str, Any]) -> str:

@@ -31,6 +31,12 @@ def _choice(name: str, value: Any, choices: Sequence[str]) -> None:
         raise InputError(f"--{name} {value!r} is unknown{did_you_mean(value, choices)}: choose one of {', '.join(choices)}")
 
 
+#: Epochs of a run without ``--epochs`` or ``--max-minutes``.
+DEFAULT_EPOCHS = 50
+#: Epochs of a run with ``--max-minutes`` and without ``--epochs``: in effect no limit, the time budget decides.
+UNLIMITED_EPOCHS = 1_000_000
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Settings of a training run; written into the model file's ``training`` summary.
@@ -47,7 +53,8 @@ class TrainConfig:
         architecture's own.
     encoder_weights : local file of pretrained encoder weights (never downloaded).
     freeze_encoder : train only the decoder; the encoder's weights and normalisation statistics stay as loaded.
-    epochs : maximum number of epochs.
+    epochs : maximum number of epochs; default :data:`DEFAULT_EPOCHS`, or no limit (:data:`UNLIMITED_EPOCHS`) when
+        ``max_minutes`` is given, so that the time budget decides and ``poly`` reaches ``min_lr`` at its end.
     max_minutes : stop after this much wall time, minutes (checked between steps), keeping the best model so far.
         The validation pass of the interrupted epoch and writing the model come on top: leave a margin under a
         job's wall-time limit. A resumed run gets it afresh, while ``poly`` decays over the run's whole elapsed time
@@ -97,7 +104,7 @@ class TrainConfig:
     encoder: str | None = None
     encoder_weights: str | None = None
     freeze_encoder: bool = False
-    epochs: int = 50
+    epochs: int | None = None
     max_minutes: float | None = None
     batch_size: int = 4
     accumulate: int = 1
@@ -124,6 +131,8 @@ class TrainConfig:
     loader_threads: int = 1
 
     def __post_init__(self) -> None:
+        if self.epochs is None:
+            object.__setattr__(self, "epochs", DEFAULT_EPOCHS if self.max_minutes is None else UNLIMITED_EPOCHS)
         # Older callers passed augment=True/False; paths and weight lists are kept as plain strings (JSON, model file).
         if isinstance(self.augment, bool):
             object.__setattr__(self, "augment", "basic" if self.augment else "none")

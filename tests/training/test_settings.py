@@ -62,3 +62,11 @@ def test_more_checks_before_training(tilesets, tmp_path):
         with pytest.raises(exc, match=match):
             train(tilesets[2], out, config=TrainConfig(**{**TINY, **change}))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_epochs_default_to_the_time_budget():
+    from rockseg.training.settings import DEFAULT_EPOCHS, UNLIMITED_EPOCHS
+
+    assert TrainConfig().epochs == DEFAULT_EPOCHS == 50
+    assert TrainConfig(max_minutes=15).epochs == UNLIMITED_EPOCHS  # the time decides, and poly ends at min_lr
+    assert TrainConfig(max_minutes=15, epochs=7).epochs == 7
