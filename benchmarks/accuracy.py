@@ -24,7 +24,8 @@ With the defaults (12 minutes per 2D model, 40 for the 3D model) the whole run t
    model trained the user's way (``tile --dims 3 --size 64`` on the lower half, ``train --dims 3 --max-minutes
    15`` with no other option unless ``--recipe``), scored on the upper half and on the icl-mixedwet geometry
    rendered by the same scanner (never seen in training). Against a 3x3x3 median + multi-Otsu and a reference
-   that knows the simulation (the noise-free blurred phases cut at the midpoints: what the blur leaves).
+   that knows the simulation (the noise-free blurred phases cut at the midpoints: what thresholds would get from
+   a perfect scanner of this blur).
 4. ``shipped``: the model ``rockseg predict VOLUME`` uses with no options, on rocks and scanners it never saw:
    icl-mixedwet under three scanners (HARD, HARD16: 16-bit, blurrier, noise correlated further than in
    training, stronger cupping; MILD) and the held-out part of Berea (z >= 272; the shipped model saw z < 256) under
@@ -315,7 +316,9 @@ def physics_table(title: str, pred: np.ndarray, truth: np.ndarray, names: list[s
 
 def reference_ceiling(labels: np.ndarray, options: ScanOptions) -> np.ndarray:
     """A segmentation that knows the simulation: the noise- and artefact-free blurred phase image cut at the
-    midpoints between the phase grey values. What blur alone leaves recoverable."""
+    midpoints between the phase grey values. What thresholds would get from a perfect scanner of this blur; not a
+    ceiling for a network, which can learn to undo some of the blur (a thin rim blurred between pore and solid is
+    lost to thresholds but not to a model that has seen its profile)."""
     from scipy.ndimage import gaussian_filter
 
     grey = np.array([0.0, options.rim_level, 1.0], np.float32)
@@ -334,7 +337,7 @@ def realistic(work: Path, minutes: float, recipe: tuple[str, ...] = ()) -> dict:
     names, half = list(SCAN_PHASES.values()), 128
     test = (slice(half, None),)
     physics_table("  median + multi-Otsu, test half", median_otsu(image[test], 3), labels[test], names)
-    physics_table("  reference ceiling (noise-free blurred phases cut at the midpoints), test half",
+    physics_table("  noise-free reference (the blurred phases without noise or artefacts, cut at the midpoints)",
                   reference_ceiling(labels, HARD)[test], labels[test], names)
     tiles, model, pred = work / "real-tiles.zarr", work / "real-model.pt", work / "real-pred.zarr"
     t_tile, _ = rockseg("tile", img, lab, "-o", tiles, "--dims", 3, "--size", 64, "--crop", f"0:{half},:,:",
