@@ -344,7 +344,7 @@ def realistic(work: Path, minutes: float, recipe: tuple[str, ...] = ()) -> dict:
                         "--overwrite")
     t_train, _ = rockseg("train", tiles, "-o", model, "--dims", 3, "--max-minutes", minutes, *recipe,
                          "--overwrite", quiet=False)
-    t_pred, _ = rockseg("predict", img, "-m", model, "-o", pred, "--crop", f"{half}:,:,:", "--overwrite")
+    t_pred, _ = rockseg("predict", img, "-m", model, "-o", pred, "--overwrite")  # scored on the test half only
     _, out = rockseg("score", pred, lab, "--crop", f"{half}:256,0:256,0:256", "--json")
     print(f"tile + train {(t_tile + t_train) / 60:.1f} min (recipe: {' '.join(recipe) or 'the defaults'}), "
           f"predict {t_pred:.0f} s")
