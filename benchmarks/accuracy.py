@@ -190,8 +190,9 @@ def contrast_to_noise(image: np.ndarray, labels: np.ndarray, dark: int, bright: 
 
 def print_contrast(title: str, figures: tuple[float, float, float]) -> None:
     contrast, interior, voxel = figures
+    ratio = lambda noise: f"{contrast / noise:.1f}" if noise > 0 else "no noise"  # noqa: E731
     print(f"{title}: contrast {contrast:.0f} grey levels, interior std {interior:.1f} (contrast-to-noise "
-          f"{contrast / interior:.1f}), voxel-to-voxel noise {voxel:.1f} ({contrast / voxel:.1f})", flush=True)
+          f"{ratio(interior)}), voxel-to-voxel noise {voxel:.1f} ({ratio(voxel)})", flush=True)
 
 
 def blur_ceiling(truth: np.ndarray) -> tuple[float, int]:
