@@ -17,6 +17,8 @@ import zarr
 from scipy import ndimage
 from torch import nn
 
+import rockseg
+
 
 class BoxSum(nn.Module):
     def __init__(self, spatial_dims: int = 3, classes: int = 28, depth: int = 3) -> None:
@@ -69,8 +71,8 @@ def run_rockseg(*args, cwd=None) -> subprocess.CompletedProcess:
     )
 
 
-# the model rockseg shipped until 2026-11 (a plain 3D UNet, base 8, depth 3): old model files must still load
-OLD_MODEL = Path(__file__).parent / "data" / "pore-solid-3d-2026-11.pt"
+# the model rockseg ships (a plain 3D UNet), which old model files must still load like
+DEFAULT_MODEL = Path(rockseg.__file__).parent / "data" / "pore-solid-3d.pt"
 
 # every architecture with each kind of encoder it takes: its own (None), a ResNet and a VGG
 CASES = [

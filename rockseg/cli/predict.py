@@ -16,7 +16,7 @@ from rockseg.vocabulary import Axis, Normalization, Precision
 @command
 def predict(
     volume: Annotated[Path, typer.Argument(help="grey-value volume (.zarr)")],
-    model: Annotated[Optional[Path], typer.Option("-m", "--model", help="model file (default: the shipped pore/solid model)")] = None,
+    model: Annotated[Optional[Path], typer.Option("-m", "--model", help="model file, or a shipped model's name (rockseg models); default: the shipped pore/solid model")] = None,
     out: Annotated[Optional[Path], typer.Option("-o", "--out", help="label store to write (default: VOLUME-labels.zarr)")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
     tile: Annotated[Optional[int], typer.Option(help="network input edge in voxels (default: the model's)")] = None,

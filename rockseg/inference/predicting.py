@@ -23,7 +23,7 @@ import zarr
 
 from rockseg.devices import resolve_device
 from rockseg.errors import InputError, MissingInputError
-from rockseg.inference.config import DEFAULT_BLOCK, DEFAULT_MODEL, PredictConfig
+from rockseg.inference.config import DEFAULT_BLOCK, PredictConfig
 from rockseg.inference.engine import BlockJob
 from rockseg.inference.grid import TileGrid, Triple, part_blocks
 from rockseg.inference.scheduling import run_blocks
@@ -33,7 +33,7 @@ from rockseg.io.stores import (
     ATTR_INTENSITY, ATTR_PHASES, ATTR_PROVENANCE, ATTR_SOURCE, ATTR_VOXEL_SIZE, ATTR_VOXEL_UNIT, open_volume,
     parse_crop, provenance,
 )
-from rockseg.models import file_sha256, read_model_file, tile_multiple
+from rockseg.models import file_sha256, read_model_file, resolve_model, tile_multiple
 from rockseg.progress import Reporter
 from rockseg.vocabulary import AXES, NORMALIZATIONS, OUTSIDE, PRECISIONS
 
@@ -49,7 +49,8 @@ def predict(
     ----------
     volume : path of a Zarr array, (Z, Y, X) or (Y, X), any numeric dtype.
     out : path of the label store to write; default ``<volume stem>-labels.zarr`` beside the volume.
-    model : path of a rockseg model file; default the pore/solid model shipped with rockseg.
+    model : path of a rockseg model file, or the name of a shipped one (``rockseg models``); default the
+        pore/solid model shipped with rockseg.
     config : the run's settings (:class:`PredictConfig`).
     overwrite : start again even if ``out`` holds a (possibly different) prediction.
     progress : show a progress bar; ``log`` gets log lines otherwise.
@@ -89,7 +90,7 @@ def _check(volume: str | os.PathLike[str], out: str | os.PathLike[str] | None,
     if array.dtype.kind not in "uifb":
         raise InputError(f"volume {vpath} has dtype {array.dtype}: give grey values (integers or floats)")
     out_path = Path(out) if out is not None else vpath.with_name(f"{vpath.name.removesuffix('.zarr')}-labels.zarr")
-    model_path = Path(model) if model is not None else DEFAULT_MODEL
+    model_path = resolve_model(model)  # a file, or a shipped model by name; None: the default
     payload = read_model_file(model_path)
     if int(payload.get("in_channels", 1)) != 1:
         raise InputError(f"model {model_path} takes {payload['in_channels']} channels but the volume has one")

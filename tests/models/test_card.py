@@ -54,3 +54,13 @@ def test_models_command(model_file):
 def test_the_default_model_describes_itself():
     result = runner.invoke(app, ["models"])
     assert result.exit_code == 0 and "default for rockseg predict" in result.output
+
+
+def test_shipped_models_resolve_by_name():
+    from rockseg.models import shipped_models
+    from rockseg.vocabulary import SHIPPED_MODELS
+
+    names = [p.stem for p in shipped_models()]
+    assert names[0] == DEFAULT_MODEL.stem and "pore-solid-3d-realistic" in names
+    assert resolve_model("pore-solid-3d-realistic") == SHIPPED_MODELS / "pore-solid-3d-realistic.pt"
+    assert describe_model(resolve_model("pore-solid-3d-realistic"))["card"]["limits"]  # it carries its card

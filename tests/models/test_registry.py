@@ -9,7 +9,7 @@ import torch
 
 from rockseg.errors import InputError
 from rockseg.models import ARCHITECTURES, ENCODERS, build_model, read_model_file, tile_multiple
-from tests.helpers import CASES, OLD_MODEL
+from tests.helpers import CASES, DEFAULT_MODEL
 
 
 def test_every_architecture_is_covered_and_takes_the_common_arguments():
@@ -59,7 +59,7 @@ def test_tile_multiple_equals_the_divisor_the_network_needs():
         with torch.no_grad():
             assert model(x).shape[2:] == x.shape[2:], (arch, args)
     assert tile_multiple("unet", {}) == 8  # the defaults
-    assert tile_multiple("unet", read_model_file(OLD_MODEL)["arch_args"]) == 8
+    assert tile_multiple("unet", read_model_file(DEFAULT_MODEL)["arch_args"]) == 8
 
 
 def test_bad_architecture_specific_arguments():

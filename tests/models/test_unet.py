@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rockseg.models import UNet, load_model
-from tests.helpers import OLD_MODEL
+from tests.helpers import DEFAULT_MODEL
 
 
 def test_plain_unet_keeps_its_parameter_names_and_old_model_files_load():
@@ -14,9 +14,9 @@ def test_plain_unet_keeps_its_parameter_names_and_old_model_files_load():
     assert {k.split(".")[0] for k in keys} == {"enc1", "downs", "bottleneck", "ups", "logits"}
     assert {"enc1.0.weight", "enc1.1.running_mean", "downs.0.1.3.weight", "bottleneck.1.0.weight",
             "ups.0.up.weight", "ups.1.conv.4.bias", "logits.weight"} <= keys
-    if not OLD_MODEL.exists():
-        pytest.skip(f"the old model file {OLD_MODEL} is absent")
-    model = load_model(OLD_MODEL)  # load_state_dict is strict: every name must still match
+    if not DEFAULT_MODEL.exists():
+        pytest.skip(f"the shipped model {DEFAULT_MODEL} is absent")
+    model = load_model(DEFAULT_MODEL)  # load_state_dict is strict: every name must still match
     assert isinstance(model, UNet) and model.encoder_name is None
     with torch.no_grad():
         assert model(torch.zeros(1, 1, 16, 16, 16)).shape[2:] == (16, 16, 16)
