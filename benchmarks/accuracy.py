@@ -319,7 +319,7 @@ def physics_table(title: str, pred: np.ndarray, truth: np.ndarray, names: list[s
     return rows
 
 
-def reference_ceiling(labels: np.ndarray, options: ScanOptions) -> np.ndarray:
+def noise_free_reference(labels: np.ndarray, options: ScanOptions) -> np.ndarray:
     """A segmentation that knows the simulation: the noise- and artefact-free blurred phase image cut at the
     midpoints between the phase grey values. What thresholds would get from a perfect scanner of this blur; not a
     ceiling for a network, which can learn to undo some of the blur (a thin rim blurred between pore and solid is
@@ -344,7 +344,7 @@ def realistic(work: Path, minutes: float, recipe: tuple[str, ...] = (), scanner:
     test = (slice(half, None),)
     physics_table("  median + multi-Otsu, test half", median_otsu(image[test], 3), labels[test], names)
     physics_table("  noise-free reference (the blurred phases without noise or artefacts, cut at the midpoints)",
-                  reference_ceiling(labels, options)[test], labels[test], names)
+                  noise_free_reference(labels, options)[test], labels[test], names)
     tiles, model, pred = work / "real-tiles.zarr", work / "real-model.pt", work / "real-pred.zarr"
     t_tile, _ = rockseg("tile", img, lab, "-o", tiles, "--dims", 3, "--size", 64, "--crop", f"0:{half},:,:",
                         "--overwrite")

@@ -13,10 +13,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
 
 from rockseg.errors import InputError
-from rockseg.models.modelfile import read_model_file
+from rockseg.models.modelfile import read_model_file, write_payload
 from rockseg.vocabulary import DEFAULT_MODEL, SHIPPED_MODELS
 
 #: Keys of a card, in the order they are printed; each is text or a list of text, ``figures`` a list of dicts.
@@ -68,9 +67,6 @@ def set_model_card(path: str | os.PathLike[str], card: Mapping[str, Any]) -> Non
     unknown = set(card) - set(CARD_KEYS)
     if unknown:
         raise InputError(f"model card keys {sorted(unknown)} are not card keys: use {', '.join(CARD_KEYS)}")
-    p = Path(path)
-    payload = read_model_file(p)
+    payload = read_model_file(path)
     payload["card"] = dict(card)
-    tmp = p.with_name(f".{p.name}.partial")
-    torch.save(payload, tmp)
-    os.replace(tmp, p)
+    write_payload(path, payload)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -55,10 +55,25 @@ def save_model_file(path: str | os.PathLike[str], model: nn.Module, **meta: Any)
         "phases": {str(k): str(v) for k, v in meta["phases"].items()},
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
+    write_payload(path, payload)
+
+
+def write_payload(path: str | os.PathLike[str], payload: Mapping[str, Any]) -> None:
+    """``torch.save`` a model-file payload under a temporary name and rename it: never a truncated model file."""
     p = Path(path)
     tmp = p.with_name(f".{p.name}.partial")
-    torch.save(payload, tmp)
+    torch.save(dict(payload), tmp)
     os.replace(tmp, p)
+
+
+def load_plain(p: Path, refusal: Callable[[str], str]) -> Any:
+    """``torch.load(p, weights_only=True)`` on the CPU; a file that does not load safely raises
+    :class:`InputError` with ``refusal(first line of the reason)`` as its message."""
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(refusal(first[:160])) from None
 
 
 def read_model_file(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -66,14 +81,8 @@ def read_model_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     p = Path(path)
     if not p.exists():
         raise MissingInputError(f"model {p} does not exist: check the path, or train one with 'rockseg train'")
-    try:
-        payload = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(
-            f"model {p} is not a rockseg model file that loads safely ({first[:160]}): "
-            f"use a file written by 'rockseg train'"
-        ) from None
+    payload = load_plain(p, lambda reason: f"model {p} is not a rockseg model file that loads safely ({reason}): "
+                                           f"use a file written by 'rockseg train'")
     if not isinstance(payload, Mapping) or payload.get("format") != FORMAT:
         raise InputError(f"model {p} is not a rockseg model file: use a file written by 'rockseg train'")
     if int(payload.get("format_version", 0)) > FORMAT_VERSION:

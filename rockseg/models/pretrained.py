@@ -17,6 +17,7 @@ from torch import nn
 
 from rockseg.errors import InputError, MissingInputError
 from rockseg.models.encoders import ENCODERS, _ENCODER_LEVELS, _RESNET_BLOCKS, _make_encoder
+from rockseg.models.modelfile import load_plain
 
 _FIRST_CONV = {"resnet": "conv1.weight", "vgg": "features.0.weight"}
 
@@ -54,14 +55,8 @@ def _read_state_dict(p: Path, name: str) -> tuple[dict[str, torch.Tensor], list[
             f"encoder weights {p} do not exist: check the path (rockseg never downloads weights; save a "
             f"{name} state dict there with torch.save(model.state_dict(), path) on a machine that has one)"
         )
-    try:
-        payload = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(
-            f"encoder weights {p} do not load as a plain state dict ({first[:160]}): save the weights with "
-            f"torch.save(model.state_dict(), path), not the whole model"
-        ) from None
+    payload = load_plain(p, lambda reason: f"encoder weights {p} do not load as a plain state dict ({reason}): save "
+                                           f"the weights with torch.save(model.state_dict(), path), not the whole model")
     state = _state_dict_in(payload)
     if state is None:
         raise InputError(
