@@ -46,7 +46,7 @@ class TrainConfig:
     arch : architecture name, a key of :data:`rockseg.models.ARCHITECTURES`.
     base_channels : channels of the first level of the network.
     depth : down-sampling steps; the tile size must be a multiple of the network's divisor (``2**depth`` for a
-        UNet).
+        UNet). None (the default): planned from the tile size, see :mod:`rockseg.training.planning`.
     norm : ``"batch"``, ``"instance"`` or ``"none"``.
     act : ``"relu"`` or ``"elu"``.
     encoder : backbone of the encoder (a key of ``rockseg.models.ENCODERS``, e.g. ``"resnet34"``), or None for the
@@ -98,7 +98,7 @@ class TrainConfig:
 
     arch: str = "unet"
     base_channels: int = 16
-    depth: int = 3
+    depth: int | None = None
     norm: str = "batch"
     act: str = "relu"
     encoder: str | None = None
@@ -155,7 +155,9 @@ class TrainConfig:
             if not encoders:
                 raise InputError(f"--encoder {self.encoder!r}: this rockseg has no encoder backbones: leave --encoder out")
             _choice("encoder", self.encoder, encoders)
-        for name, value in (("base-channels", self.base_channels), ("depth", self.depth), ("epochs", self.epochs),
+        if self.depth is not None:
+            _check_int("depth", self.depth, 1)
+        for name, value in (("base-channels", self.base_channels), ("epochs", self.epochs),
                             ("batch-size", self.batch_size), ("accumulate", self.accumulate),
                             ("cosine-epochs", self.cosine_epochs), ("loader-threads", self.loader_threads)):
             _check_int(name, value, 1)

@@ -65,6 +65,7 @@ from rockseg.training.hardware import _Placement, _placement, _torch_threads, tr
 from rockseg.training.loop import _Run
 from rockseg.training.losses import parse_class_weights, parse_loss
 from rockseg.training.network import _build, _plain
+from rockseg.training.planning import plan_depth
 from rockseg.training.regions import _load_regions, _Regions
 from rockseg.training.settings import TrainConfig, curve_path_for, halo_for, log_path_for, tile_for
 from rockseg.training.tileset import read_tiles
@@ -201,10 +202,12 @@ def _network_args(
                                      act=config.act)
     if config.encoder is not None:
         arch_args["encoder"] = config.encoder  # only when given: architectures without encoders take no such argument
+    if config.depth is None:
+        arch_args["depth"] = plan_depth(config.arch, arch_args, size)
     divisor = models.tile_multiple(config.arch, arch_args)
     if size % divisor:
         raise InputError(
-            f"tile set {tiles} has tiles of {size} voxels but --arch {config.arch} with --depth {config.depth} "
+            f"tile set {tiles} has tiles of {size} voxels but --arch {config.arch} with --depth {arch_args['depth']} "
             f"needs a multiple of {divisor}: lower --depth or re-make the tiles with a --size that is a multiple of it"
         )
     return arch_args, divisor

@@ -20,7 +20,7 @@ def test_pretrained_frozen_encoder_stays_as_loaded(tilesets, tmp_path):
             m.running_mean.fill_(0.25)
     torch.save({k: v for k, v in donor.state_dict().items() if k.startswith("encoder.")}, tmp_path / "w.pth")
     config = TrainConfig(**{**TINY, "encoder": "resnet18", "encoder_weights": str(tmp_path / "w.pth"),
-                            "freeze_encoder": True, "epochs": 2})
+                            "freeze_encoder": True, "epochs": 2, "depth": 3})
     s = train(tilesets[2], tmp_path / "m.pt", config=config)
     payload = read_model_file(tmp_path / "m.pt")
     assert payload["arch_args"]["encoder"] == "resnet18" and s["frozen_parameters"] > 0

@@ -25,7 +25,8 @@ def test_model_file_holds_the_best_model(tilesets, tmp_path, dims):
     payload = read_model_file(out)
     attrs, arrays = read_tiles(tilesets[dims])
     assert payload["arch"] == "unet" and payload["spatial_dims"] == dims and payload["in_channels"] == 1
-    assert payload["arch_args"] == dict(spatial_dims=dims, in_channels=1, classes=2, base_channels=4, depth=3,
+    # depth planned from the 16-voxel tiles: pooled twice down to a 4-voxel bottleneck
+    assert payload["arch_args"] == dict(spatial_dims=dims, in_channels=1, classes=2, base_channels=4, depth=2,
                                         norm="batch", act="relu")
     assert payload["phases"] == {"0": "pore", "1": "grain"}
     assert payload["normalization"] == attrs["intensity"]
@@ -113,7 +114,7 @@ def test_model_file_records_the_run(tilesets, tmp_path):
     t = read_model_file(out)["training"]
     assert t["loss_terms"] == ["ce", "logiou"] and len(t["class_weights"]) == 2
     assert t["augment"]["rotate"] > 0 and t["world_size"] == 1 and t["resumed_from"] is None
-    assert t["config"]["optimizer"] == "sgd" and t["config"]["schedule"] == "cosine" and t["divisor"] == 8
+    assert t["config"]["optimizer"] == "sgd" and t["config"]["schedule"] == "cosine" and t["divisor"] == 4  # planned depth 2
     assert read_model_file(out)["arch_args"]["act"] == "elu" and "encoder" not in read_model_file(out)["arch_args"]
     assert Path(s["curve"]) == tmp_path / "m.curve.png"
     assert Path(s["curve"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
