@@ -24,26 +24,26 @@ their tallies with a tree of small reductions; :func:`_finish` turns the sum int
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import dask
 import numpy as np
 
 from rockseg.errors import InputError
 from rockseg.io.stores import check_crop, phases_of
-from rockseg.metrics.blockwise import Mask, Plan, Volume, block_grid, chunks_of, grow_block, score_block
+from rockseg.metrics.blockwise import Mask, Plan, Volume, axis_edges, chunks_of, grow_block, shards_of
 from rockseg.metrics.document import per_slice_document, score_document
 from rockseg.metrics.euler import check_connectivity, compact_lut
+from rockseg.metrics.running import run_bounded
+from rockseg.metrics.seams import SeamCounter, block_order
 from rockseg.metrics.tally import Tally, merge
+from rockseg.metrics.units import MERGE_EVERY, Work, score_unit, unit_shape
 from rockseg.vocabulary import AXES, MAX_LABEL
 
 __all__ = ["score_volumes"]
 
 _NUMPY_BASE_BLOCK = 64
-# Number of partial results summed by one reduction task: a tree keeps the number of results held at once small.
-_REDUCE_FANIN = 16
 
 
 def score_volumes(
@@ -62,6 +62,7 @@ def score_volumes(
     truth_name: str = "truth",
     mask_name: str = "mask",
     block_shape: Sequence[int] | None = None,
+    scheduler: str | None = None,
 ) -> dict[str, Any]:
     """Score a label volume, against a true one when given, exactly and chunk by chunk.
 
@@ -100,7 +101,11 @@ def score_volumes(
         How to call the volumes in error messages (the CLI passes their paths).
     block_shape : sequence of int, optional
         Shape of the blocks, in voxels. Default: whole chunks of ``pred`` (64-voxel cubes for a NumPy array),
-        grown along their shortest axis to about 4 M voxels. Blocks are aligned with multiples of this shape.
+        grown along their shortest axis to about 4 M voxels, never straddling a shard of a sharded store. Blocks
+        are aligned with multiples of this shape.
+    scheduler : str, optional
+        Address of a Dask distributed scheduler (``tcp://HOST:8786``) to run the blocks on; default: threads of
+        this process. The document is the same, number for number.
 
     Returns
     -------
@@ -129,7 +134,8 @@ def score_volumes(
     ------
     InputError
         Before any block is read: volumes (or a mask) of different shapes, not 2D or 3D, empty, of a non-integer
-        dtype, a bad connectivity, crop, phase label, ignored label, per-slice axis or block shape. While
+        dtype, a bad connectivity, crop, phase label, ignored label, per-slice axis or block shape, or a
+        ``scheduler`` that cannot be reached within ``rockseg.metrics.running.CONNECT_TIMEOUT_S`` seconds. While
         reading: a label below 0 or above 255, or one that ``phases`` does not name with ``strict_phases``.
         After: a mask that leaves out every voxel.
 
@@ -153,10 +159,9 @@ def score_volumes(
         crop=crop, num_workers=num_workers, pred_name=pred_name, truth_name=truth_name, mask_name=mask_name,
         block_shape=block_shape,
     )
-    parts = _block_tasks(
-        pred, truth, checked, mask=mask, strict_phases=strict_phases, pred_name=pred_name, truth_name=truth_name
-    )
-    total = _sum_blocks(parts, num_workers)
+    work = _work(pred, truth, checked, mask=mask, strict_phases=strict_phases, pred_name=pred_name,
+                 truth_name=truth_name)
+    total = _sum_units(work, checked, scheduler, num_workers)
     if not total.counts_pred.any():
         raise InputError(
             f"{mask_name} leaves out every voxel of the scored region: nothing to score; check the mask "
@@ -177,6 +182,7 @@ class _Checked:
     names: dict[int, str]  # phase names
     ignored: frozenset[int]  # labels left out of the mean IoU
     block_shape: tuple[int, ...]
+    unit_shape: tuple[int, ...]  # of the work of one task: a shard of the store, or a block
     pred_checked: bool  # whether the dtype of pred already guarantees labels 0..255
     truth_checked: bool
 
@@ -219,9 +225,10 @@ def _check(
     ignored = frozenset(
         _check_label(label, f"ignored label {label!r}", "give a label of the volumes") for label in ignore
     )
+    source = pred if chunks_of(pred, d) or truth is None else truth
+    shard = shards_of(source, d)
     if block_shape is None:
-        base = chunks_of(pred, d) or (chunks_of(truth, d) if truth is not None else None)
-        block_shape = grow_block(base or (_NUMPY_BASE_BLOCK,) * d, shape)
+        block_shape = grow_block(chunks_of(source, d) or (_NUMPY_BASE_BLOCK,) * d, shape, shard)
     else:
         block_shape = tuple(block_shape)
         if len(block_shape) != d or not all(isinstance(b, (int, np.integer)) and b > 0 for b in block_shape):
@@ -235,6 +242,7 @@ def _check(
         names=names,
         ignored=ignored,
         block_shape=block_shape,
+        unit_shape=unit_shape(block_shape, shard, tuple(r.stop - r.start for r in region)),
         pred_checked=pred_checked,
         truth_checked=truth_checked,
     )
@@ -312,17 +320,9 @@ def _check_label(label: Any, what: str, fix: str) -> int:
     return int(label)
 
 
-def _block_tasks(
-    pred: Any,
-    truth: Any,
-    checked: _Checked,
-    *,
-    mask: Any,
-    strict_phases: bool,
-    pred_name: str,
-    truth_name: str,
-) -> list[Any]:
-    """The plan: one lazy task per block of the scored region, each returning the block's :class:`Tally`."""
+def _work(pred: Any, truth: Any, checked: _Checked, *, mask: Any, strict_phases: bool, pred_name: str,
+          truth_name: str) -> Work:
+    """What every unit task needs: the volumes, the Euler tables, the per-slice axis, the mask, the block shape."""
     d = len(checked.shape)
     plan = Plan(
         shape=checked.size,
@@ -334,20 +334,29 @@ def _block_tasks(
     )
     pred_vol = Volume(pred, pred_name, checked.origin, checked.pred_checked)
     truth_vol = None if truth is None else Volume(truth, truth_name, checked.origin, checked.truth_checked)
-    score = dask.delayed(score_block, pure=False)
-    return [
-        score(pred_vol, truth_vol, lo, hi, plan)
-        for lo, hi in block_grid(checked.size, checked.origin, checked.block_shape)
-    ]
+    return Work(pred_vol, truth_vol, plan, checked.origin, checked.block_shape)
 
 
-def _sum_blocks(parts: list[Any], num_workers: int | None) -> Tally:
-    """Run the block tasks with Dask's threaded scheduler and sum their tallies by a tree of small reductions."""
-    add = dask.delayed(merge, pure=False)
-    while len(parts) > 1:
-        parts = [add(*parts[i : i + _REDUCE_FANIN]) for i in range(0, len(parts), _REDUCE_FANIN)]
-    (total,) = dask.compute(parts[0], scheduler="threads", num_workers=num_workers)
-    return total
+def _sum_units(work: Work, checked: _Checked, scheduler: str | None, num_workers: int | None) -> Tally:
+    """Run the units with a bounded number in flight and sum their tallies and the seams between them."""
+    edges = [axis_edges(0, n, o, u) for n, o, u in zip(checked.size, checked.origin, checked.unit_shape)]
+    plan = work.plan
+    seams = SeamCounter(edges, checked.size, plan.lut, plan.axis, plan.slice_lut, work.truth is not None)
+
+    def units() -> Iterator[tuple[tuple[int, ...], tuple[Any, ...]]]:
+        for index in block_order([len(e) for e in edges]):
+            lo = tuple(edges[a][i][0] for a, i in enumerate(index))
+            hi = tuple(edges[a][i][1] for a, i in enumerate(index))
+            yield index, (lo, hi)
+
+    tallies: list[Tally] = []
+    for index, (tally, faces) in run_bounded(score_unit, work, units(), scheduler=scheduler,
+                                             num_workers=num_workers):
+        seams.add(index, faces)
+        tallies.append(tally)
+        if len(tallies) >= MERGE_EVERY:
+            tallies = [merge(*tallies)]
+    return merge(*tallies, seams.tally())
 
 
 def _finish(
