@@ -1,24 +1,30 @@
 """score_volumes: exact, lazy scoring of label volumes, in three steps: check, plan, run.
 
 :func:`score_volumes` is the library behind ``rockseg score``. It walks the volume block by block (blocks made of
-whole chunks of the prediction store), with Dask's threaded scheduler, so memory stays bounded by a few blocks
-whatever the volume size, and every number it reports is exact:
+whole chunks of the prediction store, never straddling a shard), on this process's threads or on a Dask cluster
+(``scheduler``), with a bounded number of tasks in flight, so memory stays bounded by a few blocks whatever the
+volume size (the caller also holds the faces of about one cross-section of blocks), and every number it reports
+is exact:
 
 * The confusion matrix is a sum of per-block confusion matrices; IoU, Dice, precision, recall, accuracy and the
   phase fractions follow from it exactly.
 * The Euler number is additive over 2x2x2 (2x2 in 2D) windows of voxels. With the volume padded by background at
-  its faces, each block counts the windows whose origin it owns, reading a one-voxel halo on its lower side, so the
-  sum over blocks equals the whole-volume value for any chunking. It equals
+  its faces, each block counts the windows inside it, reading exactly its own voxels (each chunk is decoded once),
+  and the windows straddling blocks are counted from the faces the blocks return (:mod:`rockseg.metrics.seams`),
+  so the sum equals the whole-volume value for any chunking. It equals
   ``skimage.measure.euler_number(volume == label, connectivity=c)`` exactly.
 * Per slice (``per_slice="z"``...): each block also counts the confusion of each of its slices, and the 2x2
-  windows it owns in each slice (same halo), so per-slice IoU and 2D Euler numbers are exact too.
+  windows of each slice (inside it, and across its faces through the seams), so per-slice IoU and 2D Euler numbers
+  are exact too.
 * A mask leaves voxels out: they are not counted, and they are background of every phase for the Euler numbers,
   as if the volume ended at the mask's boundary.
 
-The steps: :func:`_check` validates every option before any graph is built (a bad option found an hour into a run
-is the worst error); :func:`_block_tasks` plans one lazy task per block; :func:`_sum_blocks` runs them and sums
-their tallies with a tree of small reductions; :func:`_finish` turns the sum into the score document.
-``score_volumes`` itself is long only by its docstring, which is the contract of the ``score --json`` document.
+The steps: :func:`_check` validates every option before any block is read (a bad option found an hour into a run
+is the worst error); :func:`_work` gathers what every task needs; :func:`_sum_units` runs one task per unit (a
+shard of a sharded store, else a block: :mod:`rockseg.metrics.units`) with :func:`rockseg.metrics.running.run_bounded`
+and sums their tallies and the seams between them as they come in; :func:`_finish` turns the sum into the score
+document. ``score_volumes`` itself is long only by its docstring, which is the contract of the ``score --json``
+document.
 """
 
 from __future__ import annotations
@@ -96,7 +102,7 @@ def score_volumes(
         Score only this region (see :func:`rockseg.io.stores.parse_crop`). It is scored as a volume of its own: its
         faces are padded with background for the Euler number.
     num_workers : int, optional
-        Threads reading and counting blocks; default: one per CPU core.
+        Threads reading and counting blocks; default: one per CPU core. Not used with ``scheduler``.
     pred_name, truth_name, mask_name : str
         How to call the volumes in error messages (the CLI passes their paths).
     block_shape : sequence of int, optional
