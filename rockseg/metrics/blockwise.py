@@ -27,12 +27,14 @@ from rockseg.metrics.tally import NLABELS, Slices, Tally
 from rockseg.vocabulary import MAX_LABEL
 
 __all__ = [
-    "Mask", "Plan", "Volume", "axis_edges", "block_grid", "chunks_of", "grow_block", "score_block", "shards_of",
+    "Mask", "Plan", "Volume", "axis_edges", "block_base", "block_grid", "chunks_of", "grow_block", "score_block", "shards_of",
 ]
 
 # Blocks are grown from whole chunks to about this many voxels: large enough that per-block overhead and the seams
 # (faces returned and counted apart) stay small, small enough that a few blocks in flight per worker cost tens of MB.
 _TARGET_BLOCK_VOXELS = 1 << 22
+# Blocks are made of whole chunks of every volume scored together while such a block has at most this many voxels.
+_MAX_COMMON_VOXELS = 1 << 23
 
 
 def _region_text(origin: Sequence[int], lo: Sequence[int], hi: Sequence[int]) -> str:
@@ -188,6 +190,24 @@ def chunks_of(array: Any, ndim: int) -> tuple[int, ...] | None:
 def shards_of(array: Any, ndim: int) -> tuple[int, ...] | None:
     """The shard shape of a sharded Zarr v3 array of ``ndim`` dimensions; None for any other array."""
     return _shape_attribute(array, "shards", ndim)
+
+
+def block_base(arrays: Sequence[Any], ndim: int) -> tuple[tuple[int, ...] | None, tuple[int, ...] | None]:
+    """The chunk shape blocks are made of and the shard shape they should not straddle, for volumes read together.
+
+    The blocks are made of whole chunks of every volume (the least common multiple of their chunk shapes) when
+    that stays small, so each volume decodes each of its chunks once; else of the first volumes' chunks that allow
+    it. The shard shape is the first volume's (None when it is not sharded, or for NumPy arrays).
+    """
+    grids = [c for c in (chunks_of(a, ndim) for a in arrays if a is not None) if c is not None]
+    if not grids:
+        return None, None
+    shard = shards_of(next(a for a in arrays if a is not None and chunks_of(a, ndim)), ndim)
+    for n in range(len(grids), 0, -1):
+        common = tuple(math.lcm(*axis) for axis in zip(*grids[:n]))
+        if n == 1 or math.prod(common) <= _MAX_COMMON_VOXELS:
+            return common, shard
+    raise AssertionError("unreachable")
 
 
 def _shape_attribute(array: Any, name: str, ndim: int) -> tuple[int, ...] | None:

@@ -38,7 +38,7 @@ import numpy as np
 
 from rockseg.errors import InputError
 from rockseg.io.stores import check_crop, phases_of
-from rockseg.metrics.blockwise import Mask, Plan, Volume, axis_edges, chunks_of, grow_block, shards_of
+from rockseg.metrics.blockwise import Mask, Plan, Volume, axis_edges, block_base, grow_block
 from rockseg.metrics.document import per_slice_document, score_document
 from rockseg.metrics.euler import check_connectivity, compact_lut
 from rockseg.metrics.running import run_bounded
@@ -106,7 +106,8 @@ def score_volumes(
     pred_name, truth_name, mask_name : str
         How to call the volumes in error messages (the CLI passes their paths).
     block_shape : sequence of int, optional
-        Shape of the blocks, in voxels. Default: whole chunks of ``pred`` (64-voxel cubes for a NumPy array),
+        Shape of the blocks, in voxels. Default: whole chunks of ``pred`` (and of ``truth`` and ``mask`` when their
+        chunks fit together in a few M voxels; 64-voxel cubes for NumPy arrays),
         grown along their shortest axis to about 4 M voxels, never straddling a shard of a sharded store. Blocks
         are aligned with multiples of this shape.
     scheduler : str, optional
@@ -231,10 +232,9 @@ def _check(
     ignored = frozenset(
         _check_label(label, f"ignored label {label!r}", "give a label of the volumes") for label in ignore
     )
-    source = pred if chunks_of(pred, d) or truth is None else truth
-    shard = shards_of(source, d)
+    base, shard = block_base([pred, truth, mask], d)
     if block_shape is None:
-        block_shape = grow_block(chunks_of(source, d) or (_NUMPY_BASE_BLOCK,) * d, shape, shard)
+        block_shape = grow_block(base or (_NUMPY_BASE_BLOCK,) * d, shape, shard)
     else:
         block_shape = tuple(block_shape)
         if len(block_shape) != d or not all(isinstance(b, (int, np.integer)) and b > 0 for b in block_shape):

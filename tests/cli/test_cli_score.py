@@ -80,6 +80,10 @@ def test_score_on_a_cluster_equals_the_local_run(tmp_path, cluster, monkeypatch)
             if extra:
                 expected &= zarr.open_array(str(stores["mask"]))[...]
             assert phase["euler_pred"] == euler_number(expected, connectivity=connectivity)
+    # A bad label found by a worker is the same one-line error, exit code 2.
+    bad = runner.invoke(app, base + ["--phases", "0=pore,1=grain", "--scheduler", cluster.scheduler_address])
+    assert bad.exit_code == 2
+    assert "has label 2" in bad.output and "--phases ...,2=NAME" in bad.output
 
 
 def test_score_unreachable_scheduler_exit_2_in_bounded_time(tmp_path, monkeypatch):

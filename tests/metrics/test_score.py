@@ -372,11 +372,15 @@ def test_every_chunk_is_decoded_once(tmp_path, monkeypatch, shards):
     monkeypatch.setattr(units, "_MIN_UNITS", 1)
     rng = np.random.default_rng(4)
     data = random_labels(rng, (16, 18, 20), [2, 1, 1])
+    truth_data = random_labels(rng, (16, 18, 20), [2, 1, 1])
     write_zarr(tmp_path / "pred.zarr", data, (4, 3, 5), shards=shards)
-    store = CountingStore(zarr.storage.LocalStore(str(tmp_path / "pred.zarr"), read_only=True))
-    pred = zarr.open_array(store=store, mode="r")
-    doc = score_volumes(pred, per_slice="z", num_workers=2)
-    check_against_references(doc, data, None, 3)
-    chunk_reads = {k: n for k, n in store.reads.items() if k[0].startswith("c/") and "Suffix" not in k[1]}
-    assert len(chunk_reads) == 4 * 6 * 4  # every chunk of the store...
-    assert set(chunk_reads.values()) == {1}  # ...read once
+    write_zarr(tmp_path / "truth.zarr", truth_data, (2, 6, 5))  # other chunks: blocks of whole chunks of both
+    stores = {n: CountingStore(zarr.storage.LocalStore(str(tmp_path / f"{n}.zarr"), read_only=True))
+              for n in ("pred", "truth")}
+    pred, truth = (zarr.open_array(store=stores[n], mode="r") for n in ("pred", "truth"))
+    doc = score_volumes(pred, truth, per_slice="z", num_workers=2)
+    check_against_references(doc, data, truth_data, 3)
+    for name, chunks in (("pred", 4 * 6 * 4), ("truth", 8 * 3 * 4)):
+        reads = {k: n for k, n in stores[name].reads.items() if k[0].startswith("c/") and "Suffix" not in k[1]}
+        assert len(reads) == chunks  # every chunk of the store...
+        assert set(reads.values()) == {1}, name  # ...read once
