@@ -117,9 +117,10 @@ class CountingStore:
         return zarr.open_array(store=Counting(LocalStore(str(path), read_only=True)), mode="r"), reads
 
 
-def decode_counts(pred_path: Path, truth_path: Path) -> tuple[float, float, int]:
+def decode_counts(pred_path: Path, truth_path: Path) -> tuple[float, float, int, tuple[int, int]]:
     """Chunk reads per chunk owned: the blocks of the default grid read with a one-voxel lower halo (as before),
-    then a whole score now; and the number of chunks."""
+    then a whole score now; the number of chunks; the most bytes of faces (and pieces) the caller held at once."""
+    from rockseg.metrics import score as score_module
     from rockseg.metrics import score_volumes
     from rockseg.metrics.blockwise import block_grid, chunks_of, grow_block
 
@@ -130,8 +131,20 @@ def decode_counts(pred_path: Path, truth_path: Path) -> tuple[float, float, int]
     before = sum(reads.values())
     owned = len(reads)
     pred, reads = CountingStore.open(pred_path)
-    score_volumes(pred, zarr.open_array(str(truth_path), mode="r"))
-    return before / owned, sum(reads.values()) / owned, owned
+    counters = []
+
+    class Recording(score_module.SeamCounter):  # the caller's counter: how much of the faces it holds
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            counters.append(self)
+
+    score_module.SeamCounter = Recording
+    try:
+        score_volumes(pred, zarr.open_array(str(truth_path), mode="r"))
+    finally:
+        score_module.SeamCounter = Recording.__mro__[1]
+    held = (max(c.peak_bytes for c in counters), max(c.peak_pieces for c in counters))
+    return before / owned, sum(reads.values()) / owned, owned, held
 
 
 def interleaved(pred: Path, truth: Path, repeat: int, before_src: Path | None) -> None:
@@ -213,9 +226,10 @@ def main() -> None:
         print(f"{size}^3 pair (uint8, 4 phases, chunks {CHUNK}^3): {made}")
         pairs[size] = (pred, truth)
 
-    before, now, owned = decode_counts(*pairs[args.size])
+    before, now, owned, (held, pieces) = decode_counts(*pairs[args.size])
     print(f"{args.size}^3 prediction, {owned} chunks: chunks decoded per chunk owned {before:.2f} before (blocks "
-          f"read with a one-voxel halo, emulated on the same block grid), {now:.2f} now")
+          f"read with a one-voxel halo, emulated on the same block grid), {now:.2f} now; the caller held at most "
+          f"{held / 2**20:.2f} MiB of faces (compressed) for {pieces} seams waiting")
     print(f"{args.size}^3 pair, rockseg score A B --json, interleaved (load average {os.getloadavg()[0]:.2f}):")
     interleaved(*pairs[args.size], args.repeat, args.before_src)
 

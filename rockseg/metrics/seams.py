@@ -10,8 +10,9 @@ axis where it has a neighbour), and :class:`SeamCounter` assembles, for every 2*
 blocks' extent along the other axes, padded at the volume's faces. The windows inside the blocks and those of the
 pieces are every window of the padded volume exactly once, so the Euler sums are exact for any blocking.
 
-The counter drops a block's faces as soon as every piece that needs them is counted: with blocks arriving in
-:func:`block_order` it holds about one cross-section of the volume in faces, whatever the volume's length.
+The counter keeps, of each block's faces, only the parts that pieces still waiting need (a plane compressed, a
+line, a voxel) and drops them once the piece is counted: with blocks arriving in :func:`block_order` it holds
+about one cross-section of the volume's planes, compressed, whatever the volume's length.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import itertools
 from collections.abc import Iterator, Sequence
 
 import numpy as np
+from numcodecs import Zstd
 
 from rockseg.metrics.euler import plane_sums, scaled_euler
 from rockseg.metrics.tally import NLABELS, Slices, Tally
@@ -28,6 +30,9 @@ __all__ = ["NOTHING", "Faces", "SeamCounter", "block_faces", "block_order"]
 
 #: Value of a face voxel that is background for every phase (outside the mask, or the padding of a piece).
 NOTHING = 256
+# Planes a counter keeps until their neighbours arrive are compressed (fast, and label planes shrink many times),
+# by a codec of the counter's own: a Zstd codec must not be shared between threads.
+_ZSTD_LEVEL = 1
 
 Index = tuple[int, ...]
 Edges = Sequence[Sequence[tuple[int, int]]]  # per axis, the (lo, hi) of each block of a grid
@@ -94,46 +99,45 @@ class SeamCounter:
         self.with_truth = with_truth
         d = len(size)
         self.sets = [s for r in range(1, d + 1) for s in itertools.combinations(range(d), r)]
-        self.pending: dict[Index, Faces] = {}
-        self.refs: dict[Index, int] = {}
+        # Per piece not yet counted, the parts its blocks have given: {(corner, S): {sigma: (pred part, truth part)}}
+        self.waiting: dict[tuple[Index, tuple[int, ...]], dict[tuple[int, ...], tuple[_Part, _Part | None]]] = {}
         self.euler: list[dict[int, int]] = [{}, {}]  # pred, truth: label -> scaled sum
         self.slices: list[dict[int, np.ndarray]] = [{}, {}]  # pred, truth: label -> per-slice scaled sums
         self.start = 0 if slice_axis is None else edges[slice_axis][0][0]
         self.n_slices = 0 if slice_axis is None else edges[slice_axis][-1][1] - self.start
-        self.peak_bytes = 0  # largest total size of the faces held at once
+        self.peak_bytes = 0  # largest total size of the parts held at once (planes compressed)
+        self.peak_pieces = 0  # largest number of pieces waiting for a block at once
         self._held_bytes = 0
+        self._codec = Zstd(level=_ZSTD_LEVEL)
 
-    def _pieces_of(self, index: Index) -> list[tuple[Index, tuple[int, ...]]]:
-        pieces = []
+    def add(self, index: Index, faces: Faces) -> None:
+        """Take the faces of block ``index``: count every piece whose blocks have all arrived, keep the rest.
+
+        Only the part of the faces that a waiting piece needs is kept (a plane compressed, a line, a voxel).
+        """
+        d = len(self.size)
         for s in self.sets:
             for sigma in itertools.product((0, 1), repeat=len(s)):
                 corner = list(index)
                 for a, side in zip(s, sigma):
                     corner[a] -= side
-                if all(0 <= corner[a] and corner[a] + 1 < len(self.edges[a]) for a in s):
-                    pieces.append((tuple(corner), s))
-        return pieces
-
-    def add(self, index: Index, faces: Faces) -> None:
-        """Take the faces of block ``index``; count every piece whose blocks have all arrived."""
-        pieces = self._pieces_of(index)
-        if not pieces:
-            return
-        self.pending[index] = faces
-        self.refs[index] = len(pieces)
-        self._held_bytes += faces.nbytes
+                if not all(0 <= corner[a] and corner[a] + 1 < len(self.edges[a]) for a in s):
+                    continue
+                key = (tuple(corner), s)
+                parts = self.waiting.setdefault(key, {})
+                parts[sigma] = (
+                    _Part(_corner_part(faces.pred, s, sigma, d), self._codec),
+                    None if faces.truth is None else _Part(_corner_part(faces.truth, s, sigma, d), self._codec),
+                )
+                self._held_bytes += sum(p.nbytes for p in parts[sigma] if p is not None)
+                if len(parts) == 1 << len(s):
+                    del self.waiting[key]
+                    self._held_bytes -= sum(p.nbytes for pair in parts.values() for p in pair if p is not None)
+                    self._count(key[0], s, parts)
         self.peak_bytes = max(self.peak_bytes, self._held_bytes)
-        for corner, s in pieces:
-            members = [_shifted(corner, s, sigma) for sigma in itertools.product((0, 1), repeat=len(s))]
-            if all(m in self.pending for m in members):
-                self._count(corner, s, members)
-                for m in members:
-                    self.refs[m] -= 1
-                    if not self.refs[m]:
-                        del self.refs[m]
-                        self._held_bytes -= self.pending.pop(m).nbytes
+        self.peak_pieces = max(self.peak_pieces, len(self.waiting))
 
-    def _count(self, corner: Index, s: tuple[int, ...], members: list[Index]) -> None:
+    def _count(self, corner: Index, s: tuple[int, ...], parts: dict[tuple[int, ...], tuple[_Part, _Part | None]]) -> None:
         d = len(self.size)
         lo = [self.edges[a][corner[a]][0] for a in range(d)]
         hi = [self.edges[a][corner[a]][1] for a in range(d)]
@@ -142,9 +146,8 @@ class SeamCounter:
         slice_axis = None if self.slice_axis in s else self.slice_axis
         for which in range(2 if self.with_truth else 1):
             piece = np.full(shape, NOTHING, np.uint16)
-            for sigma, member in zip(itertools.product((0, 1), repeat=len(s)), members):
-                faces = self.pending[member].pred if which == 0 else self.pending[member].truth
-                piece[_target(s, sigma, lo, hi, pad_lo)] = _corner_part(faces, s, sigma, d)
+            for sigma, pair in parts.items():
+                piece[_target(s, sigma, lo, hi, pad_lo)] = pair[which].array(self._codec)  # type: ignore[union-attr]
             self._add_piece(piece, which, slice_axis, lo, hi, pad_lo)
 
     def _add_piece(self, piece: np.ndarray, which: int, slice_axis: int | None, lo: list[int], hi: list[int],
@@ -185,13 +188,6 @@ class SeamCounter:
         )
 
 
-def _shifted(corner: Index, s: tuple[int, ...], sigma: tuple[int, ...]) -> Index:
-    index = list(corner)
-    for a, side in zip(s, sigma):
-        index[a] += side
-    return tuple(index)
-
-
 def _corner_part(faces: list[list[np.ndarray | None]], s: tuple[int, ...], sigma: tuple[int, ...], d: int) -> np.ndarray:
     """What block ``sigma`` of a piece across ``s`` gives: its outer plane, line or voxel facing the others."""
     plane = faces[s[0]][1 - sigma[0]]  # the lower block's last plane, the upper block's first
@@ -201,7 +197,27 @@ def _corner_part(faces: list[list[np.ndarray | None]], s: tuple[int, ...], sigma
         if b == s[0]:
             continue
         index.append((-1 if sigma[s.index(b)] == 0 else 0) if b in s else slice(None))
-    return plane[tuple(index)]
+    part = plane[tuple(index)]
+    return part if len(s) == 1 else np.array(part)  # a copy of a line or a voxel: not the whole plane kept alive
+
+
+class _Part:
+    """A part of a block's faces kept for a piece: planes compressed (labels compress well), lines as they are."""
+
+    __slots__ = ("data", "shape", "dtype")
+
+    def __init__(self, part: np.ndarray, codec: Zstd) -> None:
+        self.shape, self.dtype = part.shape, part.dtype
+        self.data: np.ndarray | bytes = codec.encode(np.ascontiguousarray(part)) if part.ndim >= 2 else part
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.data) if isinstance(self.data, bytes) else self.data.nbytes
+
+    def array(self, codec: Zstd) -> np.ndarray:
+        if not isinstance(self.data, bytes):
+            return self.data
+        return np.frombuffer(codec.decode(self.data), self.dtype).reshape(self.shape)
 
 
 def _target(s: tuple[int, ...], sigma: tuple[int, ...], lo: list[int], hi: list[int], pad_lo: list[bool]) -> tuple:

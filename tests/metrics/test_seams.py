@@ -108,7 +108,8 @@ def test_units_of_a_2d_image(monkeypatch):
 
 
 def test_faces_held_are_about_one_cross_section():
-    # Blocks arrive in block_order: a block's faces wait only for the blocks up to its far corner neighbour.
+    # Blocks arrive in block_order: a plane waits only for the neighbour across it, so the planes held are one
+    # cross-section of blocks (the two inner axes), one row and one block.
     counts = (5, 4, 6)
     edges = [[(2 * i, 2 * i + 2) for i in range(n)] for n in counts]
     size = tuple(2 * n for n in counts)
@@ -116,16 +117,16 @@ def test_faces_held_are_about_one_cross_section():
     plan = blockwise.Plan(size, compact_lut(3, 3), None, None, None, None)
     counter = SeamCounter(edges, size, plan.lut, None, None, with_truth=False)
     held = 0
-    order = list(block_order(counts))
-    for index in order:
+    for index in block_order(counts):
         lo = tuple(e[i][0] for e, i in zip(edges, index))
         hi = tuple(e[i][1] for e, i in zip(edges, index))
         _, faces = blockwise.score_block(blockwise.Volume(data, "v", (0, 0, 0), True), None, lo, hi, plan)
         counter.add(index, faces)
-        held = max(held, len(counter.pending))
-    assert not counter.pending  # every face dropped once its seams are counted
+        held = max(held, sum(len(s) == 1 for _, s in counter.waiting))
+    assert not counter.waiting and counter._held_bytes == 0  # every part dropped once its piece is counted
     inner = sorted(counts)[:2]  # the two axes other than the outermost: one cross-section of blocks
-    assert held <= inner[0] * inner[1] + inner[0] + 2
+    assert held == inner[0] * inner[1] + inner[0] + 1
+    assert counter.euler[0] and counter.peak_bytes > 0
 
 
 def test_block_order_puts_the_longest_axis_outermost():
