@@ -51,11 +51,6 @@ class Faces:
         self.pred = pred
         self.truth = truth
 
-    @property
-    def nbytes(self) -> int:
-        sides = [p for faces in (self.pred, self.truth or []) for pair in faces for p in pair if p is not None]
-        return sum(p.nbytes for p in sides)
-
 
 def block_faces(
     raw: np.ndarray, inside: np.ndarray | None, lo: Sequence[int], hi: Sequence[int], size: Sequence[int]
@@ -90,7 +85,7 @@ class SeamCounter:
     """Counts the windows straddling the blocks of a grid from their faces, as the blocks arrive in any order."""
 
     def __init__(self, edges: Edges, size: Sequence[int], lut: np.ndarray, slice_axis: int | None,
-                 slice_lut: np.ndarray | None, with_truth: bool) -> None:
+                 slice_lut: np.ndarray | None, with_truth: bool, *, compress: bool = True) -> None:
         self.edges = edges
         self.size = tuple(size)
         self.lut = lut
@@ -108,7 +103,7 @@ class SeamCounter:
         self.peak_bytes = 0  # largest total size of the parts held at once (planes compressed)
         self.peak_pieces = 0  # largest number of pieces waiting for a block at once
         self._held_bytes = 0
-        self._codec = Zstd(level=_ZSTD_LEVEL)
+        self._codec = Zstd(level=_ZSTD_LEVEL) if compress else None
 
     def add(self, index: Index, faces: Faces) -> None:
         """Take the faces of block ``index``: count every piece whose blocks have all arrived, keep the rest.
@@ -125,9 +120,10 @@ class SeamCounter:
                     continue
                 key = (tuple(corner), s)
                 parts = self.waiting.setdefault(key, {})
+                codec = None if len(parts) + 1 == 1 << len(s) else self._codec  # the last part is used at once
                 parts[sigma] = (
-                    _Part(_corner_part(faces.pred, s, sigma, d), self._codec),
-                    None if faces.truth is None else _Part(_corner_part(faces.truth, s, sigma, d), self._codec),
+                    _Part(_corner_part(faces.pred, s, sigma, d), codec),
+                    None if faces.truth is None else _Part(_corner_part(faces.truth, s, sigma, d), codec),
                 )
                 self._held_bytes += sum(p.nbytes for p in parts[sigma] if p is not None)
                 if len(parts) == 1 << len(s):
@@ -206,17 +202,19 @@ class _Part:
 
     __slots__ = ("data", "shape", "dtype")
 
-    def __init__(self, part: np.ndarray, codec: Zstd) -> None:
+    def __init__(self, part: np.ndarray, codec: Zstd | None) -> None:
         self.shape, self.dtype = part.shape, part.dtype
-        self.data: np.ndarray | bytes = codec.encode(np.ascontiguousarray(part)) if part.ndim >= 2 else part
+        compress = codec is not None and part.ndim >= 2
+        self.data: np.ndarray | bytes = codec.encode(np.ascontiguousarray(part)) if compress else part
 
     @property
     def nbytes(self) -> int:
         return len(self.data) if isinstance(self.data, bytes) else self.data.nbytes
 
-    def array(self, codec: Zstd) -> np.ndarray:
+    def array(self, codec: Zstd | None) -> np.ndarray:
         if not isinstance(self.data, bytes):
             return self.data
+        assert codec is not None, "compressed by this counter's codec"
         return np.frombuffer(codec.decode(self.data), self.dtype).reshape(self.shape)
 
 

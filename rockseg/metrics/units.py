@@ -58,7 +58,8 @@ def score_unit(work: Work, lo: tuple[int, ...], hi: tuple[int, ...]) -> tuple[Ta
         return score_block(work.pred, work.truth, lo, hi, work.plan)
     plan = work.plan
     with_truth = work.truth is not None
-    counter = SeamCounter(edges, plan.shape, plan.lut, plan.axis, plan.slice_lut, with_truth)
+    # The unit's blocks arrive in order and its faces are small: no need to compress what waits.
+    counter = SeamCounter(edges, plan.shape, plan.lut, plan.axis, plan.slice_lut, with_truth, compress=False)
     d = len(lo)
     outer = Faces([[None, None] for _ in range(d)], [[None, None] for _ in range(d)] if with_truth else None)
     tallies: list[Tally] = []
