@@ -79,13 +79,19 @@ def make_volume(path: Path, size: int, perturbed: bool) -> float:
     return time.perf_counter() - start
 
 
-# Runs a command and prints its peak resident set (KiB) as the last line of stderr.
+# Runs a command and prints its peak resident set (KiB) and CPU seconds as the last line of stderr.
 _PEAK = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
-         "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); sys.exit(r.returncode)")
+         "u = resource.getrusage(resource.RUSAGE_CHILDREN); "
+         "print(u.ru_maxrss, u.ru_utime + u.ru_stime, file=sys.stderr); sys.exit(r.returncode)")
 
 
-def rockseg_score(*args: object, src: Path | None = None) -> tuple[float, float, dict]:
-    """Seconds, peak resident GiB and document of ``rockseg score ARGS --json`` (from ``src`` when given)."""
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def rockseg_score(*args: object, src: Path | None = None) -> tuple[float, float, float, dict]:
+    """Seconds, CPU seconds, peak resident GiB and document of ``rockseg score ARGS --json`` (from ``src``)."""
     env = dict(os.environ)
     if src is not None:
         env["PYTHONPATH"] = str(src)
@@ -95,8 +101,8 @@ def rockseg_score(*args: object, src: Path | None = None) -> tuple[float, float,
     seconds = time.perf_counter() - start
     if proc.returncode:
         raise SystemExit(f"rockseg score failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
-    peak_gib = int(proc.stderr.strip().splitlines()[-1]) / 2**20
-    return seconds, peak_gib, json.loads(proc.stdout)
+    peak_kib, cpu = proc.stderr.strip().splitlines()[-1].split()
+    return seconds, float(cpu), int(peak_kib) / 2**20, json.loads(proc.stdout)
 
 
 class CountingStore:
@@ -148,37 +154,43 @@ def decode_counts(pred_path: Path, truth_path: Path) -> tuple[float, float, int,
 
 
 def interleaved(pred: Path, truth: Path, repeat: int, before_src: Path | None) -> None:
-    """Threads, LocalCluster (and the older source tree) in turn: seconds, ns/voxel, peak memory, same numbers."""
+    """Threads, LocalCluster (and the older source tree) in turn: seconds, CPU seconds (the workers' included),
+    ns/voxel, peak memory, same numbers. CPU time is less disturbed than wall time by other work on the machine."""
     import distributed
 
     voxels = 2 * zarr.open_array(str(pred), mode="r").size  # both volumes are read
-    runs: dict[str, list[tuple[float, float]]] = {}
+    runs: dict[str, list[tuple[float, float, float]]] = {}
     docs: dict[str, dict] = {}
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+    with (distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+          distributed.Client(cluster) as client):
         ways = {"threads (2)": (), "LocalCluster (2 x 1)": ("--scheduler", cluster.scheduler_address)}
         if before_src is not None:
             ways[f"before ({before_src.name}, threads)"] = ()
         for _ in range(repeat):
             for way, extra in ways.items():
                 src = before_src if way.startswith("before") else None
-                seconds, peak, doc = rockseg_score(pred, truth, *extra, src=src)
-                runs.setdefault(way, []).append((seconds, peak))
+                workers_cpu = sum(client.run(_cpu_seconds).values())
+                seconds, cpu, peak, doc = rockseg_score(pred, truth, *extra, src=src)
+                cpu += sum(client.run(_cpu_seconds).values()) - workers_cpu  # idle workers count little
+                runs.setdefault(way, []).append((seconds, cpu, peak))
                 docs[way] = doc
-        with distributed.Client(cluster) as client:
-            workers = client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+        workers = client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
     first = docs["threads (2)"]
     for way, values in runs.items():
-        seconds = statistics.median(s for s, _ in values)
+        seconds = statistics.median(v[0] for v in values)
+        cpu = statistics.median(v[1] for v in values)
+        peak = max(v[2] for v in values)
         note = "" if way.startswith("before") or docs[way] == first else "; DOCUMENT DIFFERS from the threads run"
         if way.startswith("LocalCluster"):
             note += f"; workers' peak {max(workers.values()) / 2**20:.2f} GiB each"
         if way.startswith("threads"):
-            note += f" ({'under' if max(p for _, p in values) < LIMIT_GIB else 'OVER'} the {LIMIT_GIB} GiB limit)"
-        print(f"  {way:<28} {seconds:6.1f} s median of {len(values)} ({', '.join(f'{s:.1f}' for s, _ in values)}), "
-              f"{seconds / voxels * 1e9:5.2f} ns/voxel read, client peak {max(p for _, p in values):.2f} GiB{note}")
+            note += f" ({'under' if peak < LIMIT_GIB else 'OVER'} the {LIMIT_GIB} GiB limit)"
+        print(f"  {way:<28} wall {seconds:5.1f} s ({', '.join(f'{v[0]:.1f}' for v in values)}) = "
+              f"{seconds / voxels * 1e9:5.1f} ns/voxel; CPU {cpu:5.1f} s ({', '.join(f'{v[1]:.1f}' for v in values)}) = "
+              f"{cpu / voxels * 1e9:5.1f} ns/voxel; client peak {peak:.2f} GiB{note}")
     if before_src is not None:
         same = docs[next(w for w in docs if w.startswith("before"))] == first
-        print(f"  documents of before and now: {'equal' if same else 'DIFFERENT'}")
+        print(f"  medians of {repeat} runs; documents of before and now: {'equal' if same else 'DIFFERENT'}")
 
 
 def reference(pred_path: Path, truth_path: Path) -> tuple[float, float, dict]:
@@ -233,8 +245,8 @@ def main() -> None:
     print(f"{args.size}^3 pair, rockseg score A B --json, interleaved (load average {os.getloadavg()[0]:.2f}):")
     interleaved(*pairs[args.size], args.repeat, args.before_src)
 
-    seconds, _, doc = rockseg_score(*pairs[args.small])
-    sliced, _, _ = rockseg_score(*pairs[args.small], "--per-slice", "z")
+    seconds, _, _, doc = rockseg_score(*pairs[args.small])
+    sliced, _, _, _ = rockseg_score(*pairs[args.small], "--per-slice", "z")
     load, compute, ref = reference(*pairs[args.small])
     print(f"{args.small}^3 pair: rockseg score {seconds:.1f} s (whole command: start-up, reading and decompressing "
           f"included; {sliced:.1f} s with --per-slice z)")

@@ -29,7 +29,7 @@ def score(
     per_slice: Annotated[Optional[str], typer.Option(help="z, y or x: also IoU and 2D Euler numbers per slice across it")] = None,
     report: Annotated[Optional[Path], typer.Option(help="write pictures and index.html into this new folder")] = None,
     report_slice: Annotated[Optional[str], typer.Option(help="slice drawn in the report: z, y=120... (default: middle z)")] = None,
-    workers: Annotated[Optional[int], typer.Option(min=1, help="threads (default: one per core)")] = None,
+    workers: Annotated[Optional[int], typer.Option(min=1, help="threads (default: one per core; not used with --scheduler)")] = None,
     scheduler: Annotated[Optional[str], typer.Option(help="address of a Dask scheduler (tcp://HOST:8786) to score on, instead of this machine's threads")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing --report folder")] = False,
 ) -> None:
