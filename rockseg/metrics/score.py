@@ -3,8 +3,8 @@
 :func:`score_volumes` is the library behind ``rockseg score``. It walks the volume block by block (blocks made of
 whole chunks of the prediction store, never straddling a shard), on this process's threads or on a Dask cluster
 (``scheduler``), with a bounded number of tasks in flight, so memory stays bounded by a few blocks whatever the
-volume size (the caller also holds the faces of about one cross-section of blocks), and every number it reports
-is exact:
+volume size (the caller also holds about one cross-section of block faces, compressed), and every number it
+reports is exact:
 
 * The confusion matrix is a sum of per-block confusion matrices; IoU, Dice, precision, recall, accuracy and the
   phase fractions follow from it exactly.

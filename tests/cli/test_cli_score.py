@@ -60,11 +60,15 @@ def test_score_on_a_cluster_equals_the_local_run(tmp_path, cluster, monkeypatch)
     truth = rng.choice(3, size=shape, p=[0.5, 0.3, 0.2]).astype(np.uint8)
     pred = np.where(rng.random(shape) < 0.2, rng.integers(0, 3, shape), truth).astype(np.uint8)
     stores = {}
-    for name, data, chunks, shards in (("pred", pred, (4, 3, 5), (8, 6, 10)), ("truth", truth, (7, 9, 5), None),
-                                       ("mask", rng.random(shape) < 0.95, (21, 18, 20), None)):
+    # Blocks are made of whole chunks of all three stores, (4, 6, 5): 2 x 1 x 2 blocks per shard of the prediction.
+    for name, data, chunks, shards in (("pred", pred, (4, 3, 5), (8, 6, 10)), ("truth", truth, (2, 3, 5), None),
+                                       ("mask", rng.random(shape) < 0.95, (4, 6, 5), None)):
         stores[name] = tmp_path / f"{name}.zarr"
         array = zarr.create_array(store=str(stores[name]), shape=shape, chunks=chunks, shards=shards, dtype=data.dtype)
         array[...] = data
+    arrays = [zarr.open_array(str(stores[n])) for n in ("pred", "truth", "mask")]
+    assert blockwise.block_base(arrays, 3) == ((4, 6, 5), (8, 6, 10))
+    assert units.unit_shape((4, 6, 5), (8, 6, 10), shape) == (8, 6, 10)  # units of several blocks
     base = ["score", str(stores["pred"]), str(stores["truth"]), "--json"]
     for extra in ([], ["--connectivity", "1", "--per-slice", "y", "--mask", str(stores["mask"])]):
         local = runner.invoke(app, base + extra)
