@@ -2,10 +2,11 @@
 chunks decoded per chunk owned (before: blocks read with a one-voxel halo; now: each block exactly its own), and
 the numbers against NumPy + scikit-image in memory on a smaller pair (they must be equal).
 
-    python benchmarks/score.py [--workdir DIR] [--size 1024] [--small 512] [--repeat 2] [--before-src DIR]
+    python benchmarks/score.py [--workdir DIR] [--size 1024] [--small 512] [--repeat 2] [--shards 512]
+                               [--before-src DIR]
 
-The label volumes (uint8, 4 phases, chunks of 128^3) are made chunk by chunk straight into Zarr with bounded
-memory, and kept in the work folder so that a re-run does not make them again. The truth is a smooth
+The label volumes (uint8, 4 phases, chunks of 128^3; the large pair in shards with ``--shards``, as ``rockseg
+predict`` writes them) are made chunk by chunk straight into Zarr with bounded memory, and kept in the work folder so that a re-run does not make them again. The truth is a smooth
 three-phase-boundary field (sums of sines, like a gyroid) cut into 4 phases; the prediction is the same field
 perturbed by a finer wave, with 0.5 % of the voxels set to a random phase.
 
@@ -58,23 +59,32 @@ def labels_block(lo: tuple[int, ...], hi: tuple[int, ...], perturbed: bool) -> n
     return labels
 
 
-def make_volume(path: Path, size: int, perturbed: bool) -> float:
-    """Write (or keep, if complete) a size^3 label store chunk by chunk; return the seconds spent."""
+def make_volume(path: Path, size: int, perturbed: bool, shards: int = 0) -> float:
+    """Write (or keep, if complete) a size^3 label store chunk by chunk; return the seconds spent.
+
+    With ``shards`` the store is sharded (shards of that edge, chunks of CHUNK^3 inside), written shard by shard:
+    a shard's labels are made chunk by chunk into one buffer, then written once.
+    """
     if path.exists() and zarr.open_array(str(path), mode="r").attrs.get("complete"):
         return 0.0
     start = time.perf_counter()
+    step = shards or CHUNK
     array = zarr.create_array(
-        store=str(path), shape=(size,) * 3, chunks=(CHUNK,) * 3, dtype="uint8", compressors=compressors_for(),
-        overwrite=True,
+        store=str(path), shape=(size,) * 3, chunks=(CHUNK,) * 3, shards=(shards,) * 3 if shards else None,
+        dtype="uint8", compressors=compressors_for(), overwrite=True,
     )
 
     def write(corner: tuple[int, ...]) -> None:
-        hi = tuple(min(c + CHUNK, size) for c in corner)
-        array[tuple(slice(a, b) for a, b in zip(corner, hi))] = labels_block(corner, hi, perturbed)
+        hi = tuple(min(c + step, size) for c in corner)
+        out = np.empty(tuple(b - a for a, b in zip(corner, hi)), np.uint8)
+        for inner in itertools.product(*(range(a, b, CHUNK) for a, b in zip(corner, hi))):
+            top = tuple(min(c + CHUNK, b) for c, b in zip(inner, hi))
+            out[tuple(slice(c - a, t - a) for c, t, a in zip(inner, top, corner))] = labels_block(inner, top, perturbed)
+        array[tuple(slice(a, b) for a, b in zip(corner, hi))] = out
 
-    corners = list(itertools.product(range(0, size, CHUNK), repeat=3))
+    corners = list(itertools.product(range(0, size, step), repeat=3))
     with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        list(pool.map(write, corners))  # one chunk per task: memory stays a few chunks
+        list(pool.map(write, corners))  # one chunk (or shard) per task: memory stays a few of them
     array.attrs["complete"] = True
     return time.perf_counter() - start
 
@@ -223,6 +233,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=1024, help="edge of the large pair (memory, time, decodes)")
     parser.add_argument("--small", type=int, default=512, help="edge of the pair compared with scikit-image")
     parser.add_argument("--repeat", type=int, default=2, help="interleaved runs of each way")
+    parser.add_argument("--shards", type=int, default=0,
+                        help="write the large pair sharded, shards of this edge (a multiple of 128; default: not)")
     parser.add_argument("--before-src", type=Path, default=None,
                         help="source tree of an older rockseg to time in turn (e.g. a 'git archive' of main)")
     args = parser.parse_args()
@@ -230,24 +242,27 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     print(f"machine: {os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.2f} at the start; work in {work}")
 
-    pairs = {}
-    for size in sorted({args.size, args.small}, reverse=True):
-        pred, truth = work / f"pred-{size}.zarr", work / f"truth-{size}.zarr"
-        seconds = make_volume(truth, size, perturbed=False) + make_volume(pred, size, perturbed=True)
+    pairs = []  # the large pair (sharded with --shards), then the small one
+    for size, shards in ((args.size, args.shards), (args.small, 0)):
+        tag = f"-s{shards}" if shards else ""
+        pred, truth = work / f"pred-{size}{tag}.zarr", work / f"truth-{size}{tag}.zarr"
+        seconds = make_volume(truth, size, False, shards) + make_volume(pred, size, True, shards)
         made = f"made in {seconds:.0f} s" if seconds else "kept from an earlier run"
-        print(f"{size}^3 pair (uint8, 4 phases, chunks {CHUNK}^3): {made}")
-        pairs[size] = (pred, truth)
+        layout = f"chunks {CHUNK}^3" + (f" in shards of {shards}^3" if shards else "")
+        print(f"{size}^3 pair (uint8, 4 phases, {layout}): {made}")
+        pairs.append((pred, truth))
+    large, small = pairs
 
-    before, now, owned, (held, pieces) = decode_counts(*pairs[args.size])
+    before, now, owned, (held, pieces) = decode_counts(*large)
     print(f"{args.size}^3 prediction, {owned} chunks: chunks decoded per chunk owned {before:.2f} before (blocks "
           f"read with a one-voxel halo, emulated on the same block grid), {now:.2f} now; the caller held at most "
           f"{held / 2**20:.2f} MiB of faces (compressed) for {pieces} seams waiting")
     print(f"{args.size}^3 pair, rockseg score A B --json, interleaved (load average {os.getloadavg()[0]:.2f}):")
-    interleaved(*pairs[args.size], args.repeat, args.before_src)
+    interleaved(*large, args.repeat, args.before_src)
 
-    seconds, _, _, doc = rockseg_score(*pairs[args.small])
-    sliced, _, _, _ = rockseg_score(*pairs[args.small], "--per-slice", "z")
-    load, compute, ref = reference(*pairs[args.small])
+    seconds, _, _, doc = rockseg_score(*small)
+    sliced, _, _, _ = rockseg_score(*small, "--per-slice", "z")
+    load, compute, ref = reference(*small)
     print(f"{args.small}^3 pair: rockseg score {seconds:.1f} s (whole command: start-up, reading and decompressing "
           f"included; {sliced:.1f} s with --per-slice z)")
     print(f"{args.small}^3 pair: NumPy + scikit-image in memory {compute:.1f} s (+ {load:.1f} s to load the arrays); "
