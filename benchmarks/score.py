@@ -171,7 +171,7 @@ def interleaved(pred: Path, truth: Path, repeat: int, before_src: Path | None) -
     voxels = 2 * zarr.open_array(str(pred), mode="r").size  # both volumes are read
     runs: dict[str, list[tuple[float, float, float]]] = {}
     docs: dict[str, dict] = {}
-    with (distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+    with (distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
           distributed.Client(cluster) as client):
         ways = {"threads (2)": (), "LocalCluster (2 x 1)": ("--scheduler", cluster.scheduler_address)}
         if before_src is not None:
