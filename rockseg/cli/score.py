@@ -29,7 +29,8 @@ def score(
     per_slice: Annotated[Optional[str], typer.Option(help="z, y or x: also IoU and 2D Euler numbers per slice across it")] = None,
     report: Annotated[Optional[Path], typer.Option(help="write pictures and index.html into this new folder")] = None,
     report_slice: Annotated[Optional[str], typer.Option(help="slice drawn in the report: z, y=120... (default: middle z)")] = None,
-    workers: Annotated[Optional[int], typer.Option(min=1, help="threads (default: one per core)")] = None,
+    workers: Annotated[Optional[int], typer.Option(min=1, help="threads (default: one per core; not used with --scheduler)")] = None,
+    scheduler: Annotated[Optional[str], typer.Option(help="address of a Dask scheduler (tcp://HOST:8786) to score on, instead of this machine's threads")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing --report folder")] = False,
 ) -> None:
     """Per-phase IoU, Dice, precision, recall, fractions and Euler numbers, chunk by chunk."""
@@ -41,6 +42,7 @@ def score(
     result = score_stores(
         pred, truth, connectivity=int(connectivity.value), crop=crop, phases=phases, ignore=ignore or (), mask=mask,
         per_slice=per_slice, report=report, report_slice=report_slice, num_workers=workers, overwrite=overwrite,
+        scheduler=scheduler,
     )
     if json_out:
         print(json.dumps(result))

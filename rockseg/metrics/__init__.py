@@ -1,8 +1,9 @@
 """Scoring label volumes, exactly and block by block, and showing the score: CSV, pictures and an HTML report.
 
-:func:`score_volumes` (the library behind ``rockseg score``, through :func:`score_stores`) reads the volumes block by block with Dask's threaded
-scheduler, so memory stays bounded whatever the volume size, and every number it reports (confusion matrix, IoU,
-Dice, precision, recall, fractions, Euler numbers, per slice too) is exact. Its modules, in the order a score runs:
+:func:`score_volumes` (the library behind ``rockseg score``, through :func:`score_stores`) reads the volumes block by
+block, each chunk once, on this process's threads or a Dask cluster, with a bounded number of tasks in flight, so
+memory stays bounded whatever the volume size, and every number it reports (confusion matrix, IoU, Dice,
+precision, recall, fractions, Euler numbers, per slice too) is exact. Its modules, in the order a score runs:
 
 ``euler``
     Euler-number lookup tables (:func:`euler_lut`, :func:`euler_number`) and the counting of a block's windows.
@@ -11,9 +12,15 @@ Dice, precision, recall, fractions, Euler numbers, per slice too) is exact. Its 
 ``tally``
     the additive sums a block contributes, and how they add up.
 ``blockwise``
-    reading one block (halo, mask, label checks), tallying it; the block grid.
+    reading one block (exactly its voxels, the mask, label checks), tallying it, its faces; the block grid.
+``seams``
+    the Euler windows straddling blocks, counted from the faces the blocks return.
+``units``
+    the work of one task: a shard's blocks (or one block), with the seams between them.
+``running``
+    running the tasks with a bounded number in flight, on threads or a Dask cluster (``--scheduler``).
 ``score``
-    :func:`score_volumes`: check every option, plan one task per block, run and sum them.
+    :func:`score_volumes`: check every option, plan the units, run them and sum their tallies and seams.
 ``document``
     the score document from the summed tally, and :func:`score_csv`.
 ``figures``, ``report``

@@ -2,8 +2,8 @@
 
 The Euler number is additive over 2x2x2 (2x2 in 2D) windows of voxels: summed over every window of a volume padded
 by one voxel of background, the contributions of :func:`euler_lut` give ``2**d`` times the Euler number. A block of
-a larger volume counts the windows whose origin it owns (:func:`block_euler`), so the sum over blocks is exact for
-any blocking.
+a larger volume counts the windows that lie inside it (:func:`block_euler`) and :mod:`rockseg.metrics.seams` the
+windows that straddle blocks, from the faces the blocks return, so the sum is exact for any blocking.
 
 The lookup table is built from first principles: a phase is turned into a cubical complex, whose Euler
 characteristic (vertices - edges + faces - cubes) is split over the windows that share each cell.
@@ -34,7 +34,10 @@ from rockseg.vocabulary import CONNECTIVITIES
 if TYPE_CHECKING:
     from rockseg.metrics.blockwise import Plan
 
-__all__ = ["block_euler", "check_connectivity", "compact_lut", "euler_lut", "euler_number", "unscale"]
+__all__ = [
+    "block_euler", "check_connectivity", "compact_lut", "euler_lut", "euler_number", "plane_sums", "scaled_euler",
+    "unscale",
+]
 
 
 def check_connectivity(connectivity: int, *, spatial_dims: int = 3) -> int:
@@ -129,7 +132,7 @@ def compact_lut(d: int, connectivity: int) -> np.ndarray:
     return euler_lut(d, connectivity).astype(np.int8)
 
 
-def _scaled_euler(mask: np.ndarray, lut8: np.ndarray) -> int:
+def scaled_euler(mask: np.ndarray, lut8: np.ndarray) -> int:
     """``2**d`` times the Euler number of the windows of a boolean volume (padding included in ``mask``)."""
     if min(mask.shape) < 2:
         return 0
@@ -168,7 +171,7 @@ def euler_number(volume: np.ndarray, *, connectivity: int = 3) -> int:
     if volume.ndim not in (2, 3):
         raise InputError(f"volume has shape {volume.shape}: the Euler number needs a 2D or 3D volume")
     lut8 = compact_lut(volume.ndim, check_connectivity(connectivity, spatial_dims=volume.ndim))
-    return unscale(_scaled_euler(np.pad(volume != 0, 1), lut8), volume.ndim)
+    return unscale(scaled_euler(np.pad(volume != 0, 1), lut8), volume.ndim)
 
 
 def unscale(scaled: int, d: int) -> int:
@@ -178,13 +181,15 @@ def unscale(scaled: int, d: int) -> int:
     return value
 
 
-def _slice_euler(phase: np.ndarray, axis: int, n: int, lut2: np.ndarray) -> np.ndarray:
-    """4 times the 2D Euler contributions, per owned slice across ``axis``, of a padded block mask (n,)."""
-    owned = phase[tuple(slice(1, 1 + n) if i == axis else slice(None) for i in range(phase.ndim))]
+def plane_sums(phase: np.ndarray, axis: int, lut2: np.ndarray) -> np.ndarray:
+    """4 times the 2D Euler contributions of the 2x2 windows of every plane of ``phase`` across ``axis``.
+
+    One value per index along ``axis`` (int64); the planes of a padded mask that are all padding give 0.
+    """
     plane = tuple(i for i in range(phase.ndim) if i != axis)
-    if min(owned.shape[i] for i in plane) < 2:
-        return np.zeros(n, np.int64)
-    return lut2[_window_configs(owned, plane)].sum(axis=plane, dtype=np.int64)
+    if min(phase.shape[i] for i in plane) < 2:
+        return np.zeros(phase.shape[axis], np.int64)
+    return lut2[_window_configs(phase, plane)].sum(axis=plane, dtype=np.int64)
 
 
 def block_euler(
@@ -196,36 +201,30 @@ def block_euler(
     n_slices: int,
     plan: Plan,
 ) -> tuple[dict[int, int], dict[int, np.ndarray]]:
-    """Scaled Euler sums, per label, of the windows of a block read with its lower halo; per slice too if asked.
+    """Scaled Euler sums, per label, of the windows inside a block (padded at the volume's faces); per slice too.
 
-    ``counts`` are the label counts of the block without its halo; the labels seen only in the halo are found
-    from the halo planes, which are small. Voxels outside the mask (``raw_in`` False) are background for every
-    phase.
+    ``raw`` is exactly the block, no halo; ``counts`` are its label counts. The windows that straddle the block's
+    faces are counted by :mod:`rockseg.metrics.seams` from the faces the blocks return. Voxels outside the mask
+    (``raw_in`` False) are background for every phase, and so is the padding at the volume's faces.
     """
-    present = set(np.flatnonzero(counts).tolist())
-    for axis, padded in enumerate(pad_lo):
-        if not padded:
-            plane = np.take(raw, 0, axis=axis)
-            if raw_in is not None:
-                plane = plane[np.take(raw_in, 0, axis=axis)]
-            present.update(np.unique(plane).tolist())
+    present = np.flatnonzero(counts).tolist()
     padded_shape = tuple(n + lo + hi for n, lo, hi in zip(raw.shape, pad_lo, pad_hi))
     place = tuple(slice(int(lo), int(lo) + n) for n, lo in zip(raw.shape, pad_lo))
     phase = np.zeros(padded_shape, np.bool_)
     inner = phase[place]
     whole: dict[int, int] = {}
     per_slice: dict[int, np.ndarray] = {}
-    for label in sorted(present):
-        # The halo voxels count (windows straddling the block's lower faces belong to it); the padding is
-        # background for every phase, the one labelled 0 included.
+    for label in present:
+        # The padding is background for every phase, the one labelled 0 included.
         np.equal(raw, label, out=inner)
         if raw_in is not None:
             inner &= raw_in
-        value = _scaled_euler(phase, plan.lut)
+        value = scaled_euler(phase, plan.lut)
         if value:
             whole[label] = value
         if plan.axis is not None:
-            values = _slice_euler(phase, plan.axis, n_slices, plan.slice_lut)
+            first = int(pad_lo[plan.axis])
+            values = plane_sums(phase, plan.axis, plan.slice_lut)[first : first + n_slices]
             if values.any():
                 per_slice[label] = values
     return whole, per_slice

@@ -1,49 +1,55 @@
 """score_volumes: exact, lazy scoring of label volumes, in three steps: check, plan, run.
 
 :func:`score_volumes` is the library behind ``rockseg score``. It walks the volume block by block (blocks made of
-whole chunks of the prediction store), with Dask's threaded scheduler, so memory stays bounded by a few blocks
-whatever the volume size, and every number it reports is exact:
+whole chunks of the prediction store, never straddling a shard), on this process's threads or on a Dask cluster
+(``scheduler``), with a bounded number of tasks in flight, so memory stays bounded by a few blocks whatever the
+volume size (the caller also holds about one cross-section of block faces, compressed), and every number it
+reports is exact:
 
 * The confusion matrix is a sum of per-block confusion matrices; IoU, Dice, precision, recall, accuracy and the
   phase fractions follow from it exactly.
 * The Euler number is additive over 2x2x2 (2x2 in 2D) windows of voxels. With the volume padded by background at
-  its faces, each block counts the windows whose origin it owns, reading a one-voxel halo on its lower side, so the
-  sum over blocks equals the whole-volume value for any chunking. It equals
+  its faces, each block counts the windows inside it, reading exactly its own voxels (each chunk is decoded once),
+  and the windows straddling blocks are counted from the faces the blocks return (:mod:`rockseg.metrics.seams`),
+  so the sum equals the whole-volume value for any chunking. It equals
   ``skimage.measure.euler_number(volume == label, connectivity=c)`` exactly.
 * Per slice (``per_slice="z"``...): each block also counts the confusion of each of its slices, and the 2x2
-  windows it owns in each slice (same halo), so per-slice IoU and 2D Euler numbers are exact too.
+  windows of each slice (inside it, and across its faces through the seams), so per-slice IoU and 2D Euler numbers
+  are exact too.
 * A mask leaves voxels out: they are not counted, and they are background of every phase for the Euler numbers,
   as if the volume ended at the mask's boundary.
 
-The steps: :func:`_check` validates every option before any graph is built (a bad option found an hour into a run
-is the worst error); :func:`_block_tasks` plans one lazy task per block; :func:`_sum_blocks` runs them and sums
-their tallies with a tree of small reductions; :func:`_finish` turns the sum into the score document.
-``score_volumes`` itself is long only by its docstring, which is the contract of the ``score --json`` document.
+The steps: :func:`_check` validates every option before any block is read (a bad option found an hour into a run
+is the worst error); :func:`_work` gathers what every task needs; :func:`_sum_units` runs one task per unit (a
+shard of a sharded store, else a block: :mod:`rockseg.metrics.units`) with :func:`rockseg.metrics.running.run_bounded`
+and sums their tallies and the seams between them as they come in; :func:`_finish` turns the sum into the score
+document. ``score_volumes`` itself is long only by its docstring, which is the contract of the ``score --json``
+document.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import dask
 import numpy as np
 
 from rockseg.errors import InputError
 from rockseg.io.stores import check_crop, phases_of
-from rockseg.metrics.blockwise import Mask, Plan, Volume, block_grid, chunks_of, grow_block, score_block
+from rockseg.metrics.blockwise import Mask, Plan, Volume, axis_edges, block_base, grow_block
 from rockseg.metrics.document import per_slice_document, score_document
 from rockseg.metrics.euler import check_connectivity, compact_lut
+from rockseg.metrics.running import run_bounded
+from rockseg.metrics.seams import SeamCounter, block_order
 from rockseg.metrics.tally import Tally, merge
+from rockseg.metrics.units import MERGE_EVERY, Work, score_unit, unit_shape
 from rockseg.vocabulary import AXES, MAX_LABEL
 
 __all__ = ["score_volumes"]
 
 _NUMPY_BASE_BLOCK = 64
-# Number of partial results summed by one reduction task: a tree keeps the number of results held at once small.
-_REDUCE_FANIN = 16
 
 
 def score_volumes(
@@ -62,6 +68,7 @@ def score_volumes(
     truth_name: str = "truth",
     mask_name: str = "mask",
     block_shape: Sequence[int] | None = None,
+    scheduler: str | None = None,
 ) -> dict[str, Any]:
     """Score a label volume, against a true one when given, exactly and chunk by chunk.
 
@@ -95,12 +102,17 @@ def score_volumes(
         Score only this region (see :func:`rockseg.io.stores.parse_crop`). It is scored as a volume of its own: its
         faces are padded with background for the Euler number.
     num_workers : int, optional
-        Threads reading and counting blocks; default: one per CPU core.
+        Threads reading and counting blocks; default: one per CPU core. Not used with ``scheduler``.
     pred_name, truth_name, mask_name : str
         How to call the volumes in error messages (the CLI passes their paths).
     block_shape : sequence of int, optional
-        Shape of the blocks, in voxels. Default: whole chunks of ``pred`` (64-voxel cubes for a NumPy array),
-        grown along their shortest axis to about 4 M voxels. Blocks are aligned with multiples of this shape.
+        Shape of the blocks, in voxels. Default: whole chunks of ``pred`` (and of ``truth`` and ``mask`` when their
+        chunks fit together in a few M voxels; 64-voxel cubes for NumPy arrays),
+        grown along their shortest axis to about 4 M voxels, never straddling a shard of a sharded store. Blocks
+        are aligned with multiples of this shape.
+    scheduler : str, optional
+        Address of a Dask distributed scheduler (``tcp://HOST:8786``) to run the blocks on; default: threads of
+        this process. The document is the same, number for number.
 
     Returns
     -------
@@ -129,7 +141,8 @@ def score_volumes(
     ------
     InputError
         Before any block is read: volumes (or a mask) of different shapes, not 2D or 3D, empty, of a non-integer
-        dtype, a bad connectivity, crop, phase label, ignored label, per-slice axis or block shape. While
+        dtype, a bad connectivity, crop, phase label, ignored label, per-slice axis or block shape, or a
+        ``scheduler`` that cannot be reached within ``rockseg.metrics.running.CONNECT_TIMEOUT_S`` seconds. While
         reading: a label below 0 or above 255, or one that ``phases`` does not name with ``strict_phases``.
         After: a mask that leaves out every voxel.
 
@@ -153,10 +166,9 @@ def score_volumes(
         crop=crop, num_workers=num_workers, pred_name=pred_name, truth_name=truth_name, mask_name=mask_name,
         block_shape=block_shape,
     )
-    parts = _block_tasks(
-        pred, truth, checked, mask=mask, strict_phases=strict_phases, pred_name=pred_name, truth_name=truth_name
-    )
-    total = _sum_blocks(parts, num_workers)
+    work = _work(pred, truth, checked, mask=mask, strict_phases=strict_phases, pred_name=pred_name,
+                 truth_name=truth_name)
+    total = _sum_units(work, checked, scheduler, num_workers)
     if not total.counts_pred.any():
         raise InputError(
             f"{mask_name} leaves out every voxel of the scored region: nothing to score; check the mask "
@@ -177,6 +189,7 @@ class _Checked:
     names: dict[int, str]  # phase names
     ignored: frozenset[int]  # labels left out of the mean IoU
     block_shape: tuple[int, ...]
+    unit_shape: tuple[int, ...]  # of the work of one task: a shard of the store, or a block
     pred_checked: bool  # whether the dtype of pred already guarantees labels 0..255
     truth_checked: bool
 
@@ -219,9 +232,9 @@ def _check(
     ignored = frozenset(
         _check_label(label, f"ignored label {label!r}", "give a label of the volumes") for label in ignore
     )
+    base, shard = block_base([pred, truth, mask], d)
     if block_shape is None:
-        base = chunks_of(pred, d) or (chunks_of(truth, d) if truth is not None else None)
-        block_shape = grow_block(base or (_NUMPY_BASE_BLOCK,) * d, shape)
+        block_shape = grow_block(base or (_NUMPY_BASE_BLOCK,) * d, shape, shard)
     else:
         block_shape = tuple(block_shape)
         if len(block_shape) != d or not all(isinstance(b, (int, np.integer)) and b > 0 for b in block_shape):
@@ -235,6 +248,7 @@ def _check(
         names=names,
         ignored=ignored,
         block_shape=block_shape,
+        unit_shape=unit_shape(block_shape, shard, tuple(r.stop - r.start for r in region)),
         pred_checked=pred_checked,
         truth_checked=truth_checked,
     )
@@ -312,17 +326,9 @@ def _check_label(label: Any, what: str, fix: str) -> int:
     return int(label)
 
 
-def _block_tasks(
-    pred: Any,
-    truth: Any,
-    checked: _Checked,
-    *,
-    mask: Any,
-    strict_phases: bool,
-    pred_name: str,
-    truth_name: str,
-) -> list[Any]:
-    """The plan: one lazy task per block of the scored region, each returning the block's :class:`Tally`."""
+def _work(pred: Any, truth: Any, checked: _Checked, *, mask: Any, strict_phases: bool, pred_name: str,
+          truth_name: str) -> Work:
+    """What every unit task needs: the volumes, the Euler tables, the per-slice axis, the mask, the block shape."""
     d = len(checked.shape)
     plan = Plan(
         shape=checked.size,
@@ -334,20 +340,29 @@ def _block_tasks(
     )
     pred_vol = Volume(pred, pred_name, checked.origin, checked.pred_checked)
     truth_vol = None if truth is None else Volume(truth, truth_name, checked.origin, checked.truth_checked)
-    score = dask.delayed(score_block, pure=False)
-    return [
-        score(pred_vol, truth_vol, lo, hi, plan)
-        for lo, hi in block_grid(checked.size, checked.origin, checked.block_shape)
-    ]
+    return Work(pred_vol, truth_vol, plan, checked.origin, checked.block_shape)
 
 
-def _sum_blocks(parts: list[Any], num_workers: int | None) -> Tally:
-    """Run the block tasks with Dask's threaded scheduler and sum their tallies by a tree of small reductions."""
-    add = dask.delayed(merge, pure=False)
-    while len(parts) > 1:
-        parts = [add(*parts[i : i + _REDUCE_FANIN]) for i in range(0, len(parts), _REDUCE_FANIN)]
-    (total,) = dask.compute(parts[0], scheduler="threads", num_workers=num_workers)
-    return total
+def _sum_units(work: Work, checked: _Checked, scheduler: str | None, num_workers: int | None) -> Tally:
+    """Run the units with a bounded number in flight and sum their tallies and the seams between them."""
+    edges = [axis_edges(0, n, o, u) for n, o, u in zip(checked.size, checked.origin, checked.unit_shape)]
+    plan = work.plan
+    seams = SeamCounter(edges, checked.size, plan.lut, plan.axis, plan.slice_lut, work.truth is not None)
+
+    def units() -> Iterator[tuple[tuple[int, ...], tuple[Any, ...]]]:
+        for index in block_order([len(e) for e in edges]):
+            lo = tuple(edges[a][i][0] for a, i in enumerate(index))
+            hi = tuple(edges[a][i][1] for a, i in enumerate(index))
+            yield index, (lo, hi)
+
+    tallies: list[Tally] = []
+    for index, (tally, faces) in run_bounded(score_unit, work, units(), scheduler=scheduler,
+                                             num_workers=num_workers):
+        seams.add(index, faces)
+        tallies.append(tally)
+        if len(tallies) >= MERGE_EVERY:
+            tallies = [merge(*tallies)]
+    return merge(*tallies, seams.tally())
 
 
 def _finish(

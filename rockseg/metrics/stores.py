@@ -30,16 +30,20 @@ def score_stores(
     report_slice: str | None = None,
     num_workers: int | None = None,
     overwrite: bool = False,
+    scheduler: str | None = None,
 ) -> dict[str, Any]:
     """The score document of the label store ``pred`` (against ``truth`` when given), as ``score --json`` prints.
 
     ``phases`` ("0=pore,1=grain") names the phases and makes any other label an error; without it the names come
     from the stores' attributes. ``crop`` ("Z0:Z1,Y0:Y1,X0:X1") scores a region. With ``report``, pictures and an
-    ``index.html`` are written into that new folder (``overwrite`` replaces an existing one).
+    ``index.html`` are written into that new folder (``overwrite`` replaces an existing one). ``scheduler`` (the
+    address of a Dask distributed scheduler) runs the blocks on that cluster instead of this process's threads.
     """
-    p = open_volume(pred, name="prediction")
-    t = open_volume(truth, name="truth") if truth is not None else None
-    m = open_volume(mask, name="mask") if mask is not None else None
+    # The workers of a cluster open the stores again, maybe in another folder: give them absolute paths.
+    where = (lambda path: Path(path).absolute()) if scheduler else Path
+    p = open_volume(where(pred), name="prediction")
+    t = open_volume(where(truth), name="truth") if truth is not None else None
+    m = open_volume(where(mask), name="mask") if mask is not None else None
     named = parse_phases(phases)
     names = named or phases_of(p) or (phases_of(t) if t is not None else {})
     region = parse_crop(crop, p.shape) if crop else None
@@ -49,7 +53,7 @@ def score_stores(
     result = score_volumes(
         p, t, connectivity=connectivity, phases=names, strict_phases=bool(named), ignore=ignore, mask=m,
         per_slice=per_slice, crop=region, num_workers=num_workers, pred_name=str(pred), truth_name=str(truth),
-        mask_name=str(mask),
+        mask_name=str(mask), scheduler=scheduler,
     )
     if report is not None:
         write_report(Path(report), doc=result, pred=p, truth=t, mask=m, crop=region, view=view, pred_name=str(pred),

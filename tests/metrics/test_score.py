@@ -350,3 +350,37 @@ def test_berea_400_in_a_cylindrical_field_of_view_per_slice():
     masked_reference(doc, pred[crop], truth[crop], inside[crop], 3)
     check_per_slice(doc, pred[crop], truth[crop], inside[crop], 0)
     assert doc["per_slice"]["index"] == list(range(180, 196))
+
+
+class CountingStore(zarr.storage.WrapperStore):
+    """A store that counts the reads of every key (and byte range, for the inner chunks of a shard)."""
+
+    def __init__(self, store):
+        super().__init__(store)
+        self.reads = {}
+
+    async def get(self, key, prototype, byte_range=None):
+        self.reads[(key, repr(byte_range))] = self.reads.get((key, repr(byte_range)), 0) + 1
+        return await self._store.get(key, prototype, byte_range)
+
+
+@pytest.mark.parametrize("shards", [None, (8, 6, 10)])
+def test_every_chunk_is_decoded_once(tmp_path, monkeypatch, shards):
+    from rockseg.metrics import blockwise, units
+
+    monkeypatch.setattr(blockwise, "_TARGET_BLOCK_VOXELS", 1)  # many blocks: many seams, no halo read
+    monkeypatch.setattr(units, "_MIN_UNITS", 1)
+    rng = np.random.default_rng(4)
+    data = random_labels(rng, (16, 18, 20), [2, 1, 1])
+    truth_data = random_labels(rng, (16, 18, 20), [2, 1, 1])
+    write_zarr(tmp_path / "pred.zarr", data, (4, 3, 5), shards=shards)
+    write_zarr(tmp_path / "truth.zarr", truth_data, (2, 6, 5))  # other chunks: blocks of whole chunks of both
+    stores = {n: CountingStore(zarr.storage.LocalStore(str(tmp_path / f"{n}.zarr"), read_only=True))
+              for n in ("pred", "truth")}
+    pred, truth = (zarr.open_array(store=stores[n], mode="r") for n in ("pred", "truth"))
+    doc = score_volumes(pred, truth, per_slice="z", num_workers=2)
+    check_against_references(doc, data, truth_data, 3)
+    for name, chunks in (("pred", 4 * 6 * 4), ("truth", 8 * 3 * 4)):
+        reads = {k: n for k, n in stores[name].reads.items() if k[0].startswith("c/") and "Suffix" not in k[1]}
+        assert len(reads) == chunks  # every chunk of the store...
+        assert set(reads.values()) == {1}, name  # ...read once
