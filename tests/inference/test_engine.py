@@ -109,7 +109,7 @@ def test_2d_model_along_other_axes(tmp_path, boxsum, axis):
     predict(tmp_path / "v.zarr", tmp_path / "p.zarr", model=model,
             config=PredictConfig(block=10, device="cpu", axis=axis))
     kernel = np.ones((3, 1, 3) if axis == "y" else (3, 3, 1), np.int64)
-    expected = ndimage.correlate(data.astype(np.int64), kernel, mode="mirror")
+    expected = ndimage.correlate(data.astype(np.int64), kernel, mode="constant")  # clamped at the faces
     np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "p.zarr"))[...], expected)
 
 
