@@ -184,8 +184,8 @@ def predict_region(
     buffers : arrays to work in (:class:`BlockBuffers` of a block at least this large); the results are views
         of them, valid until they are reused. Default: new arrays.
     cropped : (z, y, x) voxels of each face that the tile results may lack (a :class:`TileRunner`'s ``margin``:
-        at most the halo); a tile clamped at a face of the volume keeps voxels of its halo, and gets as margin the
-        most its own kept centre allows (a function of the tile alone, so of no block, batch or worker).
+        at most the halo); a tile clamped at a face of the volume keeps voxels of its halo and is run whole
+        (margin 0): which tiles those are depends on the tile alone, never on the block, batch or worker.
 
     Returns
     -------
@@ -230,12 +230,10 @@ def predict_region(
     ]
 
     def margin(k: Sequence[int]) -> Triple:
-        """The margin tile k's results may lack: ``cropped``, or less where its whole kept centre reaches in."""
-        out = []
-        for kk, st, kr, s, t, c, n in zip(k, starts, ks, step, tile, cropped, grid.shape):
-            a0 = st[kk - kr.start]
-            out.append(min(c, kk * s - a0, a0 + t - min((kk + 1) * s, n)))
-        return tuple(out)  # type: ignore[return-value]
+        """The margin tile k's results may lack: ``cropped``, or none for a tile clamped at a face of the volume
+        (its kept centre reaches into its halo). Two kinds only, so that face tiles still fill batches."""
+        clamped = any(st[kk - kr.start] != kk * s - h for kk, st, kr, s, h in zip(k, starts, ks, step, grid.halo))
+        return (0, 0, 0) if clamped else tuple(cropped)  # type: ignore[return-value]
 
     margins = [margin(k) for k in origins]
 

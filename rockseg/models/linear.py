@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from rockseg.models.blocks import _check_args, _conv
@@ -43,9 +44,13 @@ class LinearClassifier(nn.Module):
         self.logits = _conv(spatial_dims)(in_channels, classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.logits(x)
+        # plain (N, C, *spatial) layout whatever the input's: one contiguous plane per class is what the arg-max
+        # of a prediction reads fastest, and a 1x1 convolution gains nothing from channels-last
+        weight = self.logits.weight.contiguous()
+        conv = F.conv3d if x.ndim == 5 else F.conv2d
+        return conv(x.contiguous(), weight, self.logits.bias)
 
     def forward_centre(self, x: torch.Tensor, margin: Sequence[int] | None) -> torch.Tensor:
         """The logits without ``margin[i]`` voxels on each face of axis ``i``: each voxel needs only itself, so
         the margin is cut from the input and never computed (see :func:`~rockseg.models.centre_logits`)."""
-        return self.logits(_cut(x, margin or ()))
+        return self.forward(_cut(x, margin or ()))

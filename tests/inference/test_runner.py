@@ -160,3 +160,16 @@ def test_cpu_auto_precision_is_float32_bf16_only_when_asked(tmp_path):
     s = predict(tmp_path / "v.zarr", tmp_path / "b.zarr", model=model,
                 config=PredictConfig(device="cpu", precision="bf16"))
     assert s["precision"] == "bf16"
+
+
+@pytest.mark.parametrize("classes", [1, 2, 3, 5])
+def test_label_of_largest_equals_argmax_first_on_ties(classes):
+    from rockseg.inference.runner import label_of_largest
+
+    g = torch.Generator().manual_seed(classes)
+    for fmt in (torch.contiguous_format, torch.channels_last_3d):
+        x = torch.randint(0, 4, (3, classes, 5, 6, 7), generator=g).float()  # few values: many ties
+        x = x.contiguous(memory_format=fmt)
+        got = label_of_largest(x)
+        assert got.dtype == np.uint8 and got.shape == (3, 5, 6, 7)
+        np.testing.assert_array_equal(got, x.argmax(1).numpy())  # torch's argmax: the first maximum on a tie
