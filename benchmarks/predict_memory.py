@@ -49,6 +49,20 @@ def peak_rss_mib(cmd: list[str]) -> tuple[float, float, str]:
         return peak, wall, out.read().strip()
 
 
+def make_volume(work: Path, n: int) -> tuple[Path, dict]:
+    """An N^3 uint8 volume ``work/volN.zarr`` (a 128^3 synthetic rock in every 128^3 chunk; made once) with its
+    intensity statistics in its attributes; returns its path and the statistics."""
+    rock, _ = synthetic_rock((128, 128, 128), seed=1)
+    stats = intensity_stats(rock)
+    vol = work / f"vol{n}.zarr"
+    if not vol.exists():
+        arr = zarr.create_array(store=str(vol), shape=(n, n, n), chunks=(128, 128, 128), dtype="uint8")
+        for z, y, x in itertools.product(range(0, n, 128), repeat=3):
+            arr[z : z + 128, y : y + 128, x : x + 128] = rock[: n - z, : n - y, : n - x]
+        arr.attrs["intensity"] = stats
+    return vol, stats
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="512,1024")
@@ -56,15 +70,8 @@ def main() -> None:
     args = ap.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="rockseg-mem-"))
     work.mkdir(parents=True, exist_ok=True)
-    rock, _ = synthetic_rock((128, 128, 128), seed=1)
-    stats = intensity_stats(rock)
     for n in (int(s) for s in args.sizes.split(",")):
-        vol = work / f"vol{n}.zarr"
-        if not vol.exists():
-            arr = zarr.create_array(store=str(vol), shape=(n, n, n), chunks=(128, 128, 128), dtype="uint8")
-            for z, y, x in itertools.product(range(0, n, 128), repeat=3):
-                arr[z : z + 128, y : y + 128, x : x + 128] = rock[: n - z, : n - y, : n - x]
-            arr.attrs["intensity"] = stats
+        vol, _ = make_volume(work, n)
         rss, wall, out = peak_rss_mib([sys.executable, "-m", "rockseg", "predict", str(vol), "--overwrite"])
         print(f"{n}^3: peak RSS {rss:.0f} MiB, {wall:.0f} s, {n**3 / wall / 1e6:.2f} Mvoxel/s ({out})", flush=True)
 

@@ -125,7 +125,7 @@ class Connectivity(str, Enum):
 
 #: Network architectures: the keys of rockseg.models.ARCHITECTURES (a test checks the two agree). Written out
 #: here because importing torch would slow every command, even ``rockseg --version``, by seconds.
-ARCH_NAMES = ("unet", "resunet", "uresnet", "linknet", "unetpp", "deeplabv3plus", "pspnet")
+ARCH_NAMES = ("unet", "resunet", "uresnet", "linknet", "unetpp", "deeplabv3plus", "pspnet", "linear")
 Arch = Enum("Arch", {name: name for name in ARCH_NAMES}, type=str)
 
 

@@ -3,7 +3,11 @@
 A *tile* is one network input (edge ``tile``); its outer ``halo`` voxels on each side are context and are cut
 off, so each tile contributes its centre of edge ``step = tile - 2 * halo``. Tiles sit on one grid for the whole
 volume: tile ``k`` along an axis keeps voxels ``[k * step, (k + 1) * step)`` and reads
-``[k * step - halo, k * step - halo + tile)``, with the volume mirrored (NumPy's ``reflect``) beyond its faces.
+``[k * step - halo, k * step - halo + tile)``, except at the volume's faces: a tile whose read would cross a face
+is clamped to it (it reads ``[0, tile)`` or ``[n - tile, n)``), so no tile computes on voxels that are not in the
+volume; it keeps the same voxels, so its kept region reaches the face. Only along an axis shorter than a tile is
+the volume mirrored (NumPy's ``reflect``) beyond its faces. Which tile keeps a voxel, and what that tile reads,
+depend only on the voxel and the volume, never on the block, part or worker that runs it.
 
 A *block* (edge ``block``) is the unit of scheduling and writing and is also the output chunk; blocks are
 numbered (z, y, x) in C order. A *part* ``(i, n)`` of a job array runs blocks ``i, i + n, i + 2n...`` of that
@@ -45,7 +49,8 @@ class TileGrid:
 
     Tile ``k`` along an axis keeps ``[k * step, (k + 1) * step)`` and reads ``[k * step - halo, ... + tile)``,
     in region coordinates; the region starts at ``origin`` in a volume of shape ``volume_shape`` (default: the
-    region is the whole volume), and reads beyond the volume's faces are mirrored.
+    region is the whole volume). A read that would cross a face of the volume is moved inside it (clamped);
+    only along an axis shorter than the tile are reads beyond the faces mirrored.
     """
 
     shape: Triple
@@ -62,14 +67,24 @@ class TileGrid:
         """Per axis, the tile indices whose kept centre meets ``region`` (slices of the region)."""
         return [range(r.start // s, -(-r.stop // s)) for r, s in zip(region, self.step)]
 
-    def input_index(self, ks: Sequence[range]) -> list[np.ndarray]:
-        """Per axis, the volume coordinates (mirrored at the faces) that the tiles ``ks`` read, in order."""
+    def read_starts(self, ks: Sequence[range]) -> list[np.ndarray]:
+        """Per axis, where each tile of ``ks`` starts to read, in region coordinates (clamped to the volume)."""
         full = self.volume_shape or self.shape
         out = []
         for k, s, h, t, o, n in zip(ks, self.step, self.halo, self.tile, self.origin, full):
-            lo = k.start * s - h
-            hi = (k.stop - 1) * s - h + t
-            out.append(reflect_index(np.arange(lo, hi) + o, n))
+            start = np.arange(k.start, k.stop) * s - h
+            if n >= t:  # inside the volume: [0, n - t] in volume coordinates
+                start = np.clip(start + o, 0, n - t) - o
+            out.append(start)
+        return out
+
+    def input_index(self, ks: Sequence[range]) -> list[np.ndarray]:
+        """Per axis, the volume coordinates that the tiles ``ks`` read together (from the first read voxel to the
+        last, mirrored at the faces only along an axis shorter than a tile), in order."""
+        full = self.volume_shape or self.shape
+        out = []
+        for starts, t, o, n in zip(self.read_starts(ks), self.tile, self.origin, full):
+            out.append(reflect_index(np.arange(int(starts.min()), int(starts.max()) + t) + o, n))
         return out
 
 

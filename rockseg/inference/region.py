@@ -25,6 +25,8 @@ from rockseg.vocabulary import OUTSIDE
 
 # receives each tile's results as soon as its batch has run: (tile number, labels, probabilities or None)
 Sink = Callable[[int, np.ndarray, "np.ndarray | None"], None]
+# runs a block's tiles, each with the (z, y, x) margin its results may lack, and hands each tile's results to a sink
+RunTiles = Callable[[list[np.ndarray], Sink, list[Triple]], None]
 
 
 class BlockBuffers:
@@ -75,15 +77,17 @@ class TilePool:
     A block cut into 27 tiles with batches of 2 would end on a batch of one, which costs a CPU about 30 % more
     per tile; here its last tile waits for the next block's first. Each block still gets exactly its own tiles'
     results (through its sink, right after their batch) and writes its own chunk: only the batching is shared. A
-    partial batch runs as soon as no other block is being read (nothing more can come soon). The batch is
-    stacked into one reused array and handed to ``runner`` (in the engine, a :class:`TileRunner` called on the
-    model's thread).
+    partial batch runs as soon as no other block is being read (nothing more can come soon). A batch holds
+    tiles of one margin (tiles at the volume's faces keep voxels in their halo, so their results lack less of it);
+    it is stacked into one reused array and handed to ``runner(batch, margin)`` (in the engine, a
+    :class:`TileRunner` called on the model's thread).
     """
 
-    def __init__(self, runner: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]], batch_size: int) -> None:
+    def __init__(self, runner: Callable[[np.ndarray, Triple], tuple[np.ndarray, np.ndarray | None]],
+                 batch_size: int) -> None:
         self.runner, self.batch_size = runner, batch_size
         self.cv = threading.Condition()
-        self.queue: list[tuple[np.ndarray, int, Sink, list[int]]] = []
+        self.queue: list[tuple[np.ndarray, int, Sink, list[int], Triple]] = []
         self.preparing = 0
         self.running = False
         self.error: BaseException | None = None
@@ -112,10 +116,24 @@ class TilePool:
         np.stack(tiles, out=out[:, 0])
         return out
 
-    def __call__(self, tiles: list[np.ndarray], sink: Sink) -> None:
+    def _take(self) -> list[tuple[np.ndarray, int, Sink, list[int], Triple]] | None:
+        """The next batch to run (a full one of one margin, or any partial one once no block is being read)."""
+        counts: dict[Triple, int] = {}
+        for item in self.queue:
+            counts[item[4]] = counts.get(item[4], 0) + 1
+        full = [m for m, c in counts.items() if c >= self.batch_size]
+        if not full and not (self.queue and self.preparing == 0):
+            return None
+        margin = full[0] if full else self.queue[0][4]
+        batch = [item for item in self.queue if item[4] == margin][: self.batch_size]
+        taken = {id(item) for item in batch}
+        self.queue = [item for item in self.queue if id(item) not in taken]
+        return batch
+
+    def __call__(self, tiles: list[np.ndarray], sink: Sink, margins: list[Triple]) -> None:
         remaining = [len(tiles)]
         with self.cv:
-            self.queue.extend((t, i, sink, remaining) for i, t in enumerate(tiles))
+            self.queue.extend((t, i, sink, remaining, m) for i, (t, m) in enumerate(zip(tiles, margins)))
             if not getattr(self._local, "submitted", True):
                 self._local.submitted = True
                 self.preparing -= 1
@@ -127,14 +145,13 @@ class TilePool:
                         raise self.error
                     if remaining[0] == 0:
                         return
-                    if not self.running and (len(self.queue) >= self.batch_size or (self.queue and self.preparing == 0)):
-                        batch, self.queue = self.queue[: self.batch_size], self.queue[self.batch_size :]
+                    if not self.running and (batch := self._take()) is not None:
                         self.running = True
                         break
                     self.cv.wait()
             try:
-                labels, probs = self.runner(self._batch([t for t, *_ in batch]))
-                for k, (_, i, tile_sink, _) in enumerate(batch):
+                labels, probs = self.runner(self._batch([t for t, *_ in batch]), batch[0][4])
+                for k, (_, i, tile_sink, _, _) in enumerate(batch):
                     tile_sink(i, labels[k], None if probs is None else probs[k])
             except BaseException as exc:
                 with self.cv:
@@ -142,15 +159,15 @@ class TilePool:
                     self.cv.notify_all()
                 raise
             with self.cv:
-                for *_, left in batch:
-                    left[0] -= 1
+                for item in batch:
+                    item[3][0] -= 1
                 self.running = False
                 self.cv.notify_all()
 
 
 def predict_region(
     region: tuple[slice, ...], *, grid: TileGrid, read: Callable[[tuple[slice, ...]], np.ndarray],
-    stats: dict[str, Any], run_tiles: Callable[[list[np.ndarray], Sink], None], keep: np.ndarray | None = None,
+    stats: dict[str, Any], run_tiles: RunTiles, keep: np.ndarray | None = None,
     buffers: BlockBuffers | None = None, cropped: Sequence[int] = (0, 0, 0),
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Labels (and probabilities) of one region from the global tile grid.
@@ -159,20 +176,22 @@ def predict_region(
     ----------
     region : three slices of the grid's (Z, Y, X) region.
     read : reads a box (three slices, volume coordinates) of the raw volume.
-    run_tiles : runs a list of normalised tiles (Tz, Ty, Tx) and hands each tile's (labels, probabilities or
-        None) to a sink (a :class:`TilePool` shared by the blocks in flight, or any callable that does so).
+    run_tiles : runs a list of normalised tiles (Tz, Ty, Tx), each with the (z, y, x) margin of each face its
+        results may lack, and hands each tile's (labels, probabilities or None) to a sink (a :class:`TilePool`
+        shared by the blocks in flight, or any callable that does so).
     keep : optional (z, y, x) bool mask of the region; tiles whose kept centre has no voxel to keep are not run,
         and voxels not kept are labelled :data:`OUTSIDE` (probabilities 0).
     buffers : arrays to work in (:class:`BlockBuffers` of a block at least this large); the results are views
         of them, valid until they are reused. Default: new arrays.
-    cropped : (z, y, x) voxels of each face that the tile results handed to the sink lack (a
-        :class:`TileRunner`'s ``margin``: at most the halo).
+    cropped : (z, y, x) voxels of each face that the tile results may lack (a :class:`TileRunner`'s ``margin``:
+        at most the halo); a tile clamped at a face of the volume keeps voxels of its halo and is run whole
+        (margin 0): which tiles those are depends on the tile alone, never on the block, batch or worker.
 
     Returns
     -------
     labels : (z, y, x) uint8 array of the region; probabilities : (C, z, y, x) float32 or None.
     """
-    step, halo, tile = grid.step, grid.halo, grid.tile
+    step, tile = grid.step, grid.tile
     rshape = tuple(r.stop - r.start for r in region)
     labels = buffers.labels(rshape) if buffers is not None else None
     if labels is None:
@@ -180,13 +199,15 @@ def predict_region(
     labels.fill(OUTSIDE)
     out: dict[str, np.ndarray] = {}
     ks = grid.tiles_meeting(region)
+    starts = [st.tolist() for st in grid.read_starts(ks)]  # where each tile reads from, per axis
 
     def kept(k: Sequence[int]) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
         """The kept centre of tile k clipped to the region: (in region coordinates, in tile coordinates)."""
         lo = [max(kk * s, r.start) for kk, s, r in zip(k, step, region)]
         hi = [min((kk + 1) * s, r.stop) for kk, s, r in zip(k, step, region)]
         dst = tuple(slice(a - r.start, b - r.start) for a, b, r in zip(lo, hi, region))
-        src = tuple(slice(a - (kk * s - h), b - (kk * s - h)) for a, b, kk, s, h in zip(lo, hi, k, step, halo))
+        at = [st[kk - kr.start] for st, kk, kr in zip(starts, k, ks)]
+        src = tuple(slice(a - a0, b - a0) for a, b, a0 in zip(lo, hi, at))
         return dst, src
 
     origins = [k for k in itertools.product(*ks) if keep is None or keep[kept(k)[0]].any()]
@@ -201,14 +222,24 @@ def predict_region(
         raw = raw[np.ix_(*(i - b.start for i, b in zip(index, box)))]  # mirrored beyond a face of the volume
     data = normalize(raw, stats, out=buffers.data(raw.shape) if buffers is not None else None)
     del raw
+    first = [min(st) for st in starts]
     tiles = [
-        data[tuple(slice((kk - kr.start) * s, (kk - kr.start) * s + t) for kk, kr, s, t in zip(k, ks, step, tile))]
+        data[tuple(slice(st[kk - kr.start] - f, st[kk - kr.start] - f + t)
+                   for kk, kr, st, f, t in zip(k, ks, starts, first, tile))]
         for k in origins
     ]
 
+    def margin(k: Sequence[int]) -> Triple:
+        """The margin tile k's results may lack: ``cropped``, or none for a tile clamped at a face of the volume
+        (its kept centre reaches into its halo). Two kinds only, so that face tiles still fill batches."""
+        clamped = any(st[kk - kr.start] != kk * s - h for kk, st, kr, s, h in zip(k, starts, ks, step, grid.halo))
+        return (0, 0, 0) if clamped else tuple(cropped)  # type: ignore[return-value]
+
+    margins = [margin(k) for k in origins]
+
     def sink(i: int, tile_labels: np.ndarray, tile_probs: np.ndarray | None) -> None:
         dst, src = kept(origins[i])
-        src = tuple(slice(a.start - c, a.stop - c) for a, c in zip(src, cropped))
+        src = tuple(slice(a.start - c, a.stop - c) for a, c in zip(src, margins[i]))
         labels[dst] = tile_labels[src]
         if tile_probs is not None:
             if "probs" not in out:
@@ -218,7 +249,7 @@ def predict_region(
                 out["probs"].fill(0)
             out["probs"][(slice(None), *dst)] = tile_probs[(slice(None), *src)]
 
-    run_tiles(tiles, sink)
+    run_tiles(tiles, sink, margins)
     probs = out.get("probs")
     if keep is not None:
         labels[~keep] = OUTSIDE

@@ -15,6 +15,7 @@ from torch import nn
 
 from rockseg.errors import InputError, did_you_mean
 from rockseg.models.deeplab import DeepLabV3Plus
+from rockseg.models.linear import LinearClassifier
 from rockseg.models.linknet import LinkNet
 from rockseg.models.pspnet import PSPNet
 from rockseg.models.resunet import ResUNet, UResNet
@@ -29,6 +30,7 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "unetpp": UNetPlusPlus,
     "deeplabv3plus": DeepLabV3Plus,
     "pspnet": PSPNet,
+    "linear": LinearClassifier,
 }
 
 

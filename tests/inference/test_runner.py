@@ -112,19 +112,22 @@ def test_unet_computing_only_the_kept_centre_equals_the_whole_tiles(tmp_path, tt
     t, h, step = 16, 5, 6
     runner = TileRunner(net, spatial_dims=3, device=torch.device("cpu"), precision="float32", probabilities=tta,
                         tta=tta)
-    data = np.pad(normalize(image, intensity_stats(image)), [(h, h + (-n) % step) for n in image.shape],
-                  mode="reflect")  # normalised by the volume's own statistics, as predict does by default
-    padded = [-(-n // step) * step for n in image.shape]
-    want = np.empty(padded, np.uint8)
-    want_probs = np.empty([3, *padded], np.float32)
-    for z, y, x in itertools.product(*(range(0, n, step) for n in padded)):
-        labels, probs = runner(np.ascontiguousarray(data[None, None, z : z + t, y : y + t, x : x + t]))
-        want[z : z + step, y : y + step, x : x + step] = labels[0, h:-h, h:-h, h:-h]
+    data = normalize(image, intensity_stats(image))  # the volume's own statistics, as predict does by default
+    want = np.empty(image.shape, np.uint8)
+    want_probs = np.empty([3, *image.shape], np.float32)
+    # tile k keeps [k * step, (k + 1) * step) and reads the tile edge from k * step - h, moved inside the volume
+    grid = [[(k, min(max(k - h, 0), n - t)) for k in range(0, n, step)] for n in image.shape]
+    for (z, az), (y, ay), (x, ax) in itertools.product(*grid):
+        labels, probs = runner(np.ascontiguousarray(data[None, None, az : az + t, ay : ay + t, ax : ax + t]),
+                               margin=(0, 0, 0))
+        keep = (slice(z, z + step), slice(y, y + step), slice(x, x + step))
+        src = tuple(slice(k.start - a, min(k.stop, n) - a) for k, a, n in zip(keep, (az, ay, ax), image.shape))
+        want[keep] = labels[(0, *src)]
         if tta:
-            want_probs[:, z : z + step, y : y + step, x : x + step] = probs[0, :, h:-h, h:-h, h:-h]
+            want_probs[(slice(None), *keep)] = probs[(0, slice(None), *src)]
     inside = tuple(slice(0, n) for n in image.shape)
-    assert len(np.unique(want[inside])) > 1
-    np.testing.assert_array_equal(got, want[inside])
+    assert len(np.unique(want)) > 1
+    np.testing.assert_array_equal(got, want)
     if tta:
         stored = zarr.open_array(probs_path)[...].astype(np.int16)
         quantised = np.rint(want_probs[(slice(None), *inside)] * 255).astype(np.int16)
@@ -157,3 +160,16 @@ def test_cpu_auto_precision_is_float32_bf16_only_when_asked(tmp_path):
     s = predict(tmp_path / "v.zarr", tmp_path / "b.zarr", model=model,
                 config=PredictConfig(device="cpu", precision="bf16"))
     assert s["precision"] == "bf16"
+
+
+@pytest.mark.parametrize("classes", [1, 2, 3, 5])
+def test_label_of_largest_equals_argmax_first_on_ties(classes):
+    from rockseg.inference.runner import label_of_largest
+
+    g = torch.Generator().manual_seed(classes)
+    for fmt in (torch.contiguous_format, torch.channels_last_3d):
+        x = torch.randint(0, 4, (3, classes, 5, 6, 7), generator=g).float()  # few values: many ties
+        x = x.contiguous(memory_format=fmt)
+        got = label_of_largest(x)
+        assert got.dtype == np.uint8 and got.shape == (3, 5, 6, 7)
+        np.testing.assert_array_equal(got, x.argmax(1).numpy())  # torch's argmax: the first maximum on a tie
