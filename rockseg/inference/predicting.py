@@ -22,7 +22,7 @@ from typing import Any
 import zarr
 
 from rockseg.devices import resolve_device
-from rockseg.errors import InputError, MissingInputError
+from rockseg.errors import InputError, MissingInputError, OutputWriteError
 from rockseg.inference.config import DEFAULT_BLOCK, PredictConfig
 from rockseg.inference.engine import BlockJob
 from rockseg.inference.grid import TileGrid, Triple, part_blocks
@@ -98,6 +98,8 @@ def _check(volume: str | os.PathLike[str], out: str | os.PathLike[str] | None,
         raise InputError(f"--precision {config.precision!r}: choose one of {', '.join(PRECISIONS)}")
     if config.normalization not in NORMALIZATIONS:
         raise InputError(f"--normalize {config.normalization!r}: choose volume or model")
+    if config.shard_blocks is not None and config.shard_blocks < 1:
+        raise InputError(f"--shard-blocks {config.shard_blocks}: give a positive number of blocks per shard edge")
     if config.batch_size < 1 or config.workers < 1:
         raise InputError("--batch-size and --workers must be at least 1")
     grid, block, axis = _geometry(payload, array.shape, config, str(vpath))
@@ -233,9 +235,11 @@ def _plan(c: _Checked, config: PredictConfig, *, overwrite: bool) -> tuple[Predi
         if key in src_attrs:
             attrs[key] = src_attrs[key]
     out_shape = c.grid.shape[1:] if c.array.ndim == 2 else c.grid.shape
+    counts = [-(-n // b) for n, b in zip(c.grid.shape, c.block)]
+    shard = tuple(min(config.shard_blocks, n) for n in counts) if config.shard_blocks else None
     pred = create_prediction(
         c.out, shape=out_shape, block=c.block, classes=len(phases), attrs=attrs,
-        probabilities=config.probabilities, overwrite=overwrite,
+        probabilities=config.probabilities, overwrite=overwrite, shard=shard,  # type: ignore[arg-type]
     )
     job = BlockJob(
         volume=str(c.volume.resolve()), out=str(c.out.resolve()), model=str(c.model.resolve()),
@@ -259,26 +263,35 @@ def _normalization_stats(array: zarr.Array, payload: dict[str, Any], mode: str) 
 # ------------------------------------------------------------------------------------------------------ run
 def _run(pred: Prediction, job: BlockJob, config: PredictConfig, *, progress: bool,
          log: Callable[[str], None] | None) -> dict[str, Any]:
-    """Run this part's blocks that are not done yet, under its lock; the summary of :func:`predict`."""
-    blocks = pred.blocks()
-    mine = part_blocks(blocks, config.part)
+    """Run this part's units (shards) that are not done yet, under its lock; the summary of :func:`predict`."""
+    mine = part_blocks(pred.units(), config.part)
     start = time.perf_counter()
     voxels = 0
     precisions: set[str] = set()
     with RunLock(pred.path, config.part):
         done = pred.done()
-        todo = [b for b in mine if b not in done]
-        with Reporter(len(todo), "predict", bar=progress, log=log) as report:
-            for n, precision in run_blocks(job, todo, config, report):
-                voxels += n
-                precisions.add(precision)
+        todo = [(u, pred.unit_blocks(u)) for u in mine if u not in done]
+        n_todo = sum(len(blocks) for _, blocks in todo)
+        with pred.recorder(config.part) as log_file, Reporter(n_todo, "predict", bar=progress, log=log) as report:
+            try:
+                for n, precision in run_blocks(job, todo, config, report, log_file.record):
+                    voxels += n
+                    precisions.add(precision)
+            except OSError as exc:  # full disk, quota, read-only file system...
+                raise OutputWriteError(
+                    f"writing {pred.path} failed ({exc.strerror or exc}): free space or fix permissions, then run "
+                    f"the same command again to resume"
+                ) from None
     seconds = time.perf_counter() - start
     missing = pred.missing()
     if not missing:
         pred.mark_complete()
+    n_mine = sum(len(pred.unit_blocks(u)) for u in mine)
     return {
         "out": str(pred.path), "voxels": voxels, "seconds": seconds,
         "voxels_per_second": voxels / seconds if seconds > 0 else 0.0,
-        "blocks_done": len(todo), "blocks_skipped": len(mine) - len(todo), "blocks_missing": len(missing),
-        "blocks_total": len(blocks), "complete": not missing, "precision": ",".join(sorted(precisions)) or None,
+        "blocks_done": n_todo, "blocks_skipped": n_mine - n_todo,
+        "blocks_missing": sum(len(pred.unit_blocks(u)) for u in missing),
+        "blocks_total": len(pred.blocks()), "complete": not missing, "precision": ",".join(sorted(precisions)) or None,
+        "shards_total": len(pred.units()), "shards_done": len(todo),
     }
