@@ -23,6 +23,7 @@ import zarr
 
 from rockseg.devices import resolve_device
 from rockseg.errors import InputError, MissingInputError, OutputWriteError
+from rockseg.inference.cluster import connect
 from rockseg.inference.config import DEFAULT_BLOCK, PredictConfig
 from rockseg.inference.engine import BlockJob
 from rockseg.inference.grid import TileGrid, Triple, part_blocks
@@ -121,6 +122,8 @@ def _check(volume: str | os.PathLike[str], out: str | os.PathLike[str] | None,
             import distributed  # noqa: F401
         except ImportError:
             raise InputError("--scheduler and --devices need Dask distributed: pip install 'rockseg[distributed]'") from None
+    if config.scheduler:
+        connect(config.scheduler).close()  # an unreachable scheduler is refused now, before anything is written
     return _Checked(vpath, array, out_path, model_path, payload, grid, block, axis, device, mask_path)
 
 

@@ -17,14 +17,12 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import Any
 
 from rockseg.devices import malloc_environment
-from rockseg.errors import InputError
+from rockseg.inference.cluster import connect
 from rockseg.inference.config import PredictConfig
 from rockseg.inference.engine import BlockJob, drop_engine, engine_for, run_block
 from rockseg.inference.grid import Triple
 from rockseg.inference.runner import ModelThread
 from rockseg.progress import Reporter
-
-CONNECT_TIMEOUT = 10.0  # seconds to wait for a Dask scheduler before giving up
 
 
 Unit = tuple[Triple, list[Triple]]  # a unit of work (a shard) and its blocks
@@ -99,22 +97,6 @@ def _run_threads(job: BlockJob, todo: list[Unit], workers: int, report: Reporter
 def run_unit(job: BlockJob, blocks: list[Triple]) -> list[tuple[int, str]]:
     """Run the blocks of one unit one after another (a task of a distributed worker: one writer per shard)."""
     return [run_block(job, b) for b in blocks]
-
-
-def connect(address: str, *, timeout: float = CONNECT_TIMEOUT) -> Any:
-    """A Dask distributed client of the scheduler at ``address``; :class:`InputError` if it cannot be reached."""
-    try:
-        from distributed import Client
-    except ImportError:
-        raise InputError("--scheduler needs Dask distributed: pip install 'rockseg[distributed]'") from None
-    try:
-        return Client(address, timeout=f"{timeout}s")
-    except (OSError, TimeoutError, ValueError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputError(
-            f"--scheduler {address}: no Dask scheduler answered within {timeout:g} s ({reason[:120]}): check the "
-            f"address (tcp://HOST:PORT) and that the scheduler is running"
-        ) from None
 
 
 def _run_distributed(job: BlockJob, todo: list[Unit], address: str, report: Reporter,
