@@ -23,15 +23,15 @@ import zarr
 
 from rockseg.devices import resolve_device
 from rockseg.errors import InputError, MissingInputError, OutputWriteError
-from rockseg.inference.cluster import connect
+from rockseg.inference.cluster import connect, map_batches
 from rockseg.inference.config import DEFAULT_BLOCK, PredictConfig
 from rockseg.inference.engine import BlockJob
 from rockseg.inference.grid import TileGrid, Triple, part_blocks
 from rockseg.inference.scheduling import run_blocks
-from rockseg.inference.store import Prediction, RunLock, create_prediction
-from rockseg.io.intensity import intensity_stats
+from rockseg.inference.store import MARKER_DIR, STATS_FILE, Prediction, RunLock, create_prediction
+from rockseg.io.intensity import intensity_stats, load_stats, save_stats
 from rockseg.io.stores import (
-    ATTR_INTENSITY, ATTR_PHASES, ATTR_PROVENANCE, ATTR_SOURCE, ATTR_VOXEL_SIZE, ATTR_VOXEL_UNIT, open_volume,
+    ATTR_PHASES, ATTR_PROVENANCE, ATTR_SOURCE, ATTR_VOXEL_SIZE, ATTR_VOXEL_UNIT, open_volume,
     parse_crop, provenance,
 )
 from rockseg.models import file_sha256, read_model_file, resolve_model, tile_multiple
@@ -215,7 +215,7 @@ def _geometry(payload: dict[str, Any], volume_shape: Sequence[int], config: Pred
 # ------------------------------------------------------------------------------------------------------ plan
 def _plan(c: _Checked, config: PredictConfig, *, overwrite: bool) -> tuple[Prediction, BlockJob]:
     """The prediction store (created, or reopened to resume) and the job every worker runs."""
-    stats = _normalization_stats(c.array, c.payload, config.normalization)
+    stats, save_beside = _normalization_stats(c, config)
     phases = {int(k): v for k, v in c.payload["phases"].items()}
     sha = file_sha256(c.model)
     probabilities = str(Path(config.probabilities).resolve()) if config.probabilities else None
@@ -244,6 +244,8 @@ def _plan(c: _Checked, config: PredictConfig, *, overwrite: bool) -> tuple[Predi
         c.out, shape=out_shape, block=c.block, classes=len(phases), attrs=attrs,
         probabilities=config.probabilities, overwrite=overwrite, shard=shard,  # type: ignore[arg-type]
     )
+    if save_beside:  # the volume is read-only: keep them where the next part of this prediction looks
+        save_stats(c.array, c.volume, stats, beside=pred.path / MARKER_DIR / STATS_FILE)
     job = BlockJob(
         volume=str(c.volume.resolve()), out=str(c.out.resolve()), model=str(c.model.resolve()),
         model_sha256=sha, grid=c.grid,
@@ -254,13 +256,28 @@ def _plan(c: _Checked, config: PredictConfig, *, overwrite: bool) -> tuple[Predi
     return pred, job
 
 
-def _normalization_stats(array: zarr.Array, payload: dict[str, Any], mode: str) -> dict[str, Any]:
-    if mode == "model":
-        return dict(payload["normalization"])
-    stored = dict(array.attrs).get(ATTR_INTENSITY)
-    if isinstance(stored, dict) and {"p_low", "p_high"} <= stored.keys():
-        return stored
-    return intensity_stats(array)
+def _normalization_stats(c: _Checked, config: PredictConfig) -> tuple[dict[str, Any], bool]:
+    """The statistics the input is normalised with, and whether they still have to be stored beside the output.
+
+    The volume's own are computed once (chunk-parallel, on the cluster with ``--scheduler``) and stored in its
+    attributes, or beside the prediction where the volume is read-only, so that later runs and the other parts
+    of a job array find them instead of reading the volume again.
+    """
+    if config.normalization == "model":
+        return dict(c.payload["normalization"]), False
+    beside = c.out / MARKER_DIR / STATS_FILE
+    stored = load_stats(c.array, beside)
+    if stored is not None:
+        return stored, False
+    if config.scheduler:
+        def mapper(fn: Any, items: Any, done: Any) -> None:
+            with connect(config.scheduler) as client:  # type: ignore[arg-type]
+                map_batches(fn, items, batch=8, client=client, done=lambda rs: done(rs))
+
+        stats = intensity_stats(c.array, mapper=mapper)
+    else:
+        stats = intensity_stats(c.array)
+    return stats, save_stats(c.array, c.volume, stats) is None
 
 
 # ------------------------------------------------------------------------------------------------------ run

@@ -56,6 +56,7 @@ from rockseg.io.stores import ATTR_PROVENANCE, compressors_for, open_volume
 
 MARKER_DIR = ".rockseg"
 RECORDS = "records"
+STATS_FILE = "intensity.json"  # the input's statistics, kept here when the input cannot be written
 LAYOUT = 2
 MAX_SHARDS = 16384  # shard files per store at most, with the default shard edge
 _LOCKS = tuple(threading.Lock() for _ in range(64))  # striped per-shard write locks of this process
