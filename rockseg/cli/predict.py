@@ -22,6 +22,7 @@ def predict(
     tile: Annotated[Optional[int], typer.Option(help="network input edge in voxels (default: the model's)")] = None,
     halo: Annotated[Optional[int], typer.Option(help="context voxels cut off each side of a tile (default: the model's)")] = None,
     block: Annotated[Optional[int], typer.Option(help="block edge = output chunk edge (default: a multiple of the tile step near 128)")] = None,
+    shard_blocks: Annotated[Optional[int], typer.Option(min=1, help="blocks per shard edge: each output shard file, the unit of resuming, holds K^3 blocks (default: the smallest K keeping <= 16384 shards)")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="tiles per forward pass")] = 4,
     part: Annotated[Optional[str], typer.Option("--part", "--shard", help="I/N: run only part I of N (0-based), one task of a job array (--shard: the old spelling)")] = None,
     probabilities: Annotated[Optional[Path], typer.Option(help="also write class probabilities (uint8) to this store")] = None,
@@ -42,7 +43,7 @@ def predict(
     tune_allocator()
 
     config = PredictConfig(
-        tile=tile, halo=halo, block=block, batch_size=batch_size, device=device, precision=precision.value,
+        tile=tile, halo=halo, block=block, shard_blocks=shard_blocks, batch_size=batch_size, device=device, precision=precision.value,
         normalization=normalize.value, part=parse_part(part), workers=workers,
         probabilities=str(probabilities) if probabilities else None, tta=tta, crop=crop,
         mask=str(mask) if mask else None, axis=axis.value, scheduler=scheduler,

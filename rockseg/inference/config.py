@@ -17,6 +17,9 @@ class PredictConfig:
     ----------
     tile, halo : tile edge and halo in voxels; ``None`` takes the model's recommendation.
     block : block (and output chunk) edge in voxels; ``None`` picks a multiple of the tile step near 128.
+    shard_blocks : blocks per edge of a shard of the output, the unit of work and of completion records
+        (``K``: each shard file holds up to K x K x K blocks); ``None``: the smallest ``K`` that keeps the output at
+        most :data:`~rockseg.inference.store.MAX_SHARDS` shard files (1 for volumes up to ~16,000 blocks).
     batch_size : tiles per forward pass.
     device : ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
     precision : ``"auto"`` (bf16 autocast on CUDA, float32 on CPU), ``"float32"`` or ``"bf16"``.
@@ -40,6 +43,7 @@ class PredictConfig:
     tile: int | None = None
     halo: int | None = None
     block: int | None = None
+    shard_blocks: int | None = None
     batch_size: int = 4
     device: str = "auto"
     precision: str = "auto"

@@ -2,7 +2,8 @@
 :func:`run_block`, which runs one block of it in any process (a local thread or a Dask worker).
 
 A block reads its region plus the halo straight from the input store, runs its tiles (:mod:`.region`), writes
-whole output chunks and then its completion marker ``PRED.zarr/.rockseg/done/<z>.<y>.<x>`` (:mod:`.store`). The
+whole output chunks (one writer per shard file at a time, :func:`~.store.shard_lock`); the run records a shard as
+done once all its blocks are written (:mod:`.scheduling`, :mod:`.store`). The
 engine is built once per process and job; its model runs on one thread (:class:`~.runner.ModelThread`).
 """
 
@@ -14,7 +15,6 @@ import queue
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ from rockseg.errors import InputError
 from rockseg.inference.grid import TileGrid, Triple, block_region
 from rockseg.inference.region import BlockBuffers, TilePool, predict_region
 from rockseg.inference.runner import ModelThread, TileRunner
-from rockseg.inference.store import MARKER_DIR
+from rockseg.inference.store import shard_lock
 from rockseg.models import model_from_payload, read_model_file
 
 
@@ -73,7 +73,6 @@ class _Engine:
             model_thread = ModelThread()
             model_thread.start()
         self.runner: TileRunner = model_thread.call(self._runner)  # built on the thread that runs it
-        self.markers = Path(job.out) / MARKER_DIR / "done"
         self.pool = TilePool(functools.partial(model_thread.call, self.runner), job.batch_size)
         self.buffers: queue.SimpleQueue[BlockBuffers] = queue.SimpleQueue()
 
@@ -146,9 +145,10 @@ class _Engine:
             target = region[1:] if self.flat else region
             if self.probs is not None and probs is not None:
                 q = np.rint(probs * np.float32(255)).astype(np.uint8)
-                self.probs[(slice(None), *target)] = q[:, 0] if self.flat else q
-            self.out[target] = labels[0] if self.flat else labels
-        (self.markers / ".".join(map(str, index))).touch()
+                with shard_lock(self.probs, target):
+                    self.probs[(slice(None), *target)] = q[:, 0] if self.flat else q
+            with shard_lock(self.out, target):
+                self.out[target] = labels[0] if self.flat else labels
         release_free_memory()
         return int(labels.size), self.runner.precision or self.job.precision
 

@@ -22,15 +22,16 @@ from typing import Any
 import zarr
 
 from rockseg.devices import resolve_device
-from rockseg.errors import InputError, MissingInputError
+from rockseg.errors import InputError, MissingInputError, OutputWriteError
+from rockseg.inference.cluster import connect, map_batches
 from rockseg.inference.config import DEFAULT_BLOCK, PredictConfig
 from rockseg.inference.engine import BlockJob
 from rockseg.inference.grid import TileGrid, Triple, part_blocks
 from rockseg.inference.scheduling import run_blocks
-from rockseg.inference.store import Prediction, RunLock, create_prediction
-from rockseg.io.intensity import intensity_stats
+from rockseg.inference.store import MARKER_DIR, STATS_FILE, Prediction, RunLock, create_prediction
+from rockseg.io.intensity import intensity_stats, load_stats, save_stats
 from rockseg.io.stores import (
-    ATTR_INTENSITY, ATTR_PHASES, ATTR_PROVENANCE, ATTR_SOURCE, ATTR_VOXEL_SIZE, ATTR_VOXEL_UNIT, open_volume,
+    ATTR_PHASES, ATTR_PROVENANCE, ATTR_SOURCE, ATTR_VOXEL_SIZE, ATTR_VOXEL_UNIT, open_volume,
     parse_crop, provenance,
 )
 from rockseg.models import file_sha256, read_model_file, resolve_model, tile_multiple
@@ -98,6 +99,8 @@ def _check(volume: str | os.PathLike[str], out: str | os.PathLike[str] | None,
         raise InputError(f"--precision {config.precision!r}: choose one of {', '.join(PRECISIONS)}")
     if config.normalization not in NORMALIZATIONS:
         raise InputError(f"--normalize {config.normalization!r}: choose volume or model")
+    if config.shard_blocks is not None and config.shard_blocks < 1:
+        raise InputError(f"--shard-blocks {config.shard_blocks}: give a positive number of blocks per shard edge")
     if config.batch_size < 1 or config.workers < 1:
         raise InputError("--batch-size and --workers must be at least 1")
     grid, block, axis = _geometry(payload, array.shape, config, str(vpath))
@@ -119,6 +122,8 @@ def _check(volume: str | os.PathLike[str], out: str | os.PathLike[str] | None,
             import distributed  # noqa: F401
         except ImportError:
             raise InputError("--scheduler and --devices need Dask distributed: pip install 'rockseg[distributed]'") from None
+    if config.scheduler:
+        connect(config.scheduler).close()  # an unreachable scheduler is refused now, before anything is written
     return _Checked(vpath, array, out_path, model_path, payload, grid, block, axis, device, mask_path)
 
 
@@ -210,7 +215,7 @@ def _geometry(payload: dict[str, Any], volume_shape: Sequence[int], config: Pred
 # ------------------------------------------------------------------------------------------------------ plan
 def _plan(c: _Checked, config: PredictConfig, *, overwrite: bool) -> tuple[Prediction, BlockJob]:
     """The prediction store (created, or reopened to resume) and the job every worker runs."""
-    stats = _normalization_stats(c.array, c.payload, config.normalization)
+    stats, save_beside = _normalization_stats(c, config)
     phases = {int(k): v for k, v in c.payload["phases"].items()}
     sha = file_sha256(c.model)
     probabilities = str(Path(config.probabilities).resolve()) if config.probabilities else None
@@ -233,10 +238,14 @@ def _plan(c: _Checked, config: PredictConfig, *, overwrite: bool) -> tuple[Predi
         if key in src_attrs:
             attrs[key] = src_attrs[key]
     out_shape = c.grid.shape[1:] if c.array.ndim == 2 else c.grid.shape
+    counts = [-(-n // b) for n, b in zip(c.grid.shape, c.block)]
+    shard = tuple(min(config.shard_blocks, n) for n in counts) if config.shard_blocks else None
     pred = create_prediction(
         c.out, shape=out_shape, block=c.block, classes=len(phases), attrs=attrs,
-        probabilities=config.probabilities, overwrite=overwrite,
+        probabilities=config.probabilities, overwrite=overwrite, shard=shard,  # type: ignore[arg-type]
     )
+    if save_beside:  # the volume is read-only: keep them where the next part of this prediction looks
+        save_stats(c.array, c.volume, stats, beside=pred.path / MARKER_DIR / STATS_FILE)
     job = BlockJob(
         volume=str(c.volume.resolve()), out=str(c.out.resolve()), model=str(c.model.resolve()),
         model_sha256=sha, grid=c.grid,
@@ -247,38 +256,62 @@ def _plan(c: _Checked, config: PredictConfig, *, overwrite: bool) -> tuple[Predi
     return pred, job
 
 
-def _normalization_stats(array: zarr.Array, payload: dict[str, Any], mode: str) -> dict[str, Any]:
-    if mode == "model":
-        return dict(payload["normalization"])
-    stored = dict(array.attrs).get(ATTR_INTENSITY)
-    if isinstance(stored, dict) and {"p_low", "p_high"} <= stored.keys():
-        return stored
-    return intensity_stats(array)
+def _normalization_stats(c: _Checked, config: PredictConfig) -> tuple[dict[str, Any], bool]:
+    """The statistics the input is normalised with, and whether they still have to be stored beside the output.
+
+    The volume's own are computed once (chunk-parallel, on the cluster with ``--scheduler``) and stored in its
+    attributes, or beside the prediction where the volume is read-only, so that later runs and the other parts
+    of a job array find them instead of reading the volume again.
+    """
+    if config.normalization == "model":
+        return dict(c.payload["normalization"]), False
+    beside = c.out / MARKER_DIR / STATS_FILE
+    stored = load_stats(c.array, beside)
+    if stored is not None:
+        return stored, False
+    if config.scheduler:
+        def mapper(fn: Any, items: Any, done: Any) -> None:
+            with connect(config.scheduler) as client:  # type: ignore[arg-type]
+                map_batches(fn, items, batch=8, client=client, done=lambda rs: done(rs))
+
+        stats = intensity_stats(c.array, mapper=mapper)
+    else:
+        stats = intensity_stats(c.array)
+    return stats, save_stats(c.array, c.volume, stats) is None
 
 
 # ------------------------------------------------------------------------------------------------------ run
 def _run(pred: Prediction, job: BlockJob, config: PredictConfig, *, progress: bool,
          log: Callable[[str], None] | None) -> dict[str, Any]:
-    """Run this part's blocks that are not done yet, under its lock; the summary of :func:`predict`."""
-    blocks = pred.blocks()
-    mine = part_blocks(blocks, config.part)
+    """Run this part's units (shards) that are not done yet, under its lock; the summary of :func:`predict`."""
+    mine = part_blocks(pred.units(), config.part)
     start = time.perf_counter()
     voxels = 0
     precisions: set[str] = set()
     with RunLock(pred.path, config.part):
         done = pred.done()
-        todo = [b for b in mine if b not in done]
-        with Reporter(len(todo), "predict", bar=progress, log=log) as report:
-            for n, precision in run_blocks(job, todo, config, report):
-                voxels += n
-                precisions.add(precision)
+        todo = [(u, pred.unit_blocks(u)) for u in mine if u not in done]
+        n_todo = sum(len(blocks) for _, blocks in todo)
+        with pred.recorder(config.part) as log_file, Reporter(n_todo, "predict", bar=progress, log=log) as report:
+            try:
+                for n, precision in run_blocks(job, todo, config, report, log_file.record):
+                    voxels += n
+                    precisions.add(precision)
+            except OSError as exc:  # full disk, quota, read-only file system...
+                raise OutputWriteError(
+                    f"writing {pred.path} failed ({exc.strerror or exc}): free space or fix permissions, then run "
+                    f"the same command again to resume"
+                ) from None
     seconds = time.perf_counter() - start
     missing = pred.missing()
     if not missing:
         pred.mark_complete()
+    n_mine = sum(len(pred.unit_blocks(u)) for u in mine)
     return {
         "out": str(pred.path), "voxels": voxels, "seconds": seconds,
         "voxels_per_second": voxels / seconds if seconds > 0 else 0.0,
-        "blocks_done": len(todo), "blocks_skipped": len(mine) - len(todo), "blocks_missing": len(missing),
-        "blocks_total": len(blocks), "complete": not missing, "precision": ",".join(sorted(precisions)) or None,
+        "blocks_done": n_todo, "blocks_skipped": n_mine - n_todo,
+        "blocks_missing": sum(len(pred.unit_blocks(u)) for u in missing),
+        "blocks_total": len(pred.blocks()), "complete": not missing, "precision": ",".join(sorted(precisions)) or None,
+        "shards_total": len(pred.units()), "shards_done": len(todo),
     }

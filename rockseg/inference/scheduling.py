@@ -1,20 +1,23 @@
 """Scheduling: where the blocks of a prediction run, and how many are in flight at once.
 
-Three ways, chosen by the run's settings (:func:`run_blocks`): threads of this process (Dask's threaded
-scheduler; the model runs on the calling thread), an existing Dask distributed cluster (``scheduler``), or a
-local cluster of one single-threaded worker process per device of this node (``devices``). Every block is
-run by :func:`~rockseg.inference.engine.run_block`, whichever process it lands in.
+The unit of work is one shard of the prediction (:mod:`.store`): its blocks are written by one process, and it
+is recorded as done, by this process alone, once they all are. Three ways, chosen by the run's settings
+(:func:`run_blocks`): threads of this process (a bounded pool taking blocks in unit order; the model runs on the
+calling thread), an existing Dask distributed cluster (``scheduler``: one task per unit, a bounded number in
+flight), or a local cluster of one single-threaded worker process per device of this node (``devices``). Every
+block is run by :func:`~rockseg.inference.engine.run_block`, whichever process it lands in.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import Any
 
-import dask
-
 from rockseg.devices import malloc_environment
+from rockseg.inference.cluster import connect
 from rockseg.inference.config import PredictConfig
 from rockseg.inference.engine import BlockJob, drop_engine, engine_for, run_block
 from rockseg.inference.grid import Triple
@@ -22,62 +25,104 @@ from rockseg.inference.runner import ModelThread
 from rockseg.progress import Reporter
 
 
-def run_blocks(job: BlockJob, todo: list[Triple], config: PredictConfig, report: Reporter) -> list[tuple[int, str]]:
-    """Run the blocks ``todo`` of ``job`` where ``config`` says; each block's (voxels, precision), in any order."""
+Unit = tuple[Triple, list[Triple]]  # a unit of work (a shard) and its blocks
+
+
+def run_blocks(job: BlockJob, todo: list[Unit], config: PredictConfig, report: Reporter,
+               record: Callable[[Triple], None]) -> list[tuple[int, str]]:
+    """Run the units ``todo`` of ``job`` where ``config`` says; each block's (voxels, precision), in any order.
+
+    ``record(unit)`` is called once all the blocks of a unit are written, in this process (a distributed
+    worker returns first), so that the run's completion records have one writer.
+    """
     if config.devices:
         with _device_cluster(config.devices) as cluster:
-            return _run_distributed(job, todo, cluster.scheduler_address, report)
+            return _run_distributed(job, todo, cluster.scheduler_address, report, record)
     if config.scheduler:
-        return _run_distributed(job, todo, config.scheduler, report)
+        return _run_distributed(job, todo, config.scheduler, report, record)
     try:
-        return _run_threads(job, todo, config.workers, report)
+        return _run_threads(job, todo, config.workers, report, record)
     finally:
         drop_engine(job)  # free the model; a distributed worker keeps its own
 
 
-def _run_threads(job: BlockJob, todo: list[Triple], workers: int, report: Reporter) -> list[tuple[int, str]]:
-    """Run blocks with Dask's threaded scheduler, at most ``workers`` in flight, and the model on this thread.
+def _run_threads(job: BlockJob, todo: list[Unit], workers: int, report: Reporter,
+                 record: Callable[[Triple], None]) -> list[tuple[int, str]]:
+    """Run blocks on ``workers`` threads of this process, in unit order, with the model on this thread.
 
     While one block's tiles run through the model (on this thread: see :class:`ModelThread`), the next block
-    is read and decompressed, and the previous one compressed and written, by Dask's threads.
+    is read and decompressed, and the previous one compressed and written, by the other threads. Blocks are
+    taken in order, at most ``workers`` at once, so at most ``workers`` units are ever partly written; a unit is
+    recorded when its last block is written.
     """
     if not todo:
         return []
     model_thread = ModelThread()
     engine_for(job, model_thread)  # the model is built here, on the thread that runs it
+    left = {unit: len(blocks) for unit, blocks in todo}
+    lock = threading.Lock()
 
-    def run(index: Triple) -> tuple[int, str]:
+    def run(unit: Triple, index: Triple) -> tuple[int, str]:
         result = run_block(job, index)
+        with lock:
+            left[unit] -= 1
+            finished = left[unit] == 0
+        if finished:
+            record(unit)
         report.advance(result[0])
         return result
 
     def compute() -> list[tuple[int, str]]:
         results: list[tuple[int, str]] = []
-        for i in range(0, len(todo), 4096):  # bounded graph size for millions of blocks
-            tasks = [dask.delayed(run, pure=False)(b) for b in todo[i : i + 4096]]
-            results.extend(dask.compute(*tasks, scheduler="threads", num_workers=workers))
+        tasks = ((unit, b) for unit, blocks in todo for b in blocks)
+        with ThreadPoolExecutor(workers, thread_name_prefix="rockseg-block") as pool:
+            running = {pool.submit(run, *t) for t in itertools.islice(tasks, workers)}
+            try:
+                while running:
+                    finished, running = wait(running, return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        results.append(future.result())
+                        nxt = next(tasks, None)
+                        if nxt is not None:
+                            running.add(pool.submit(run, *nxt))
+            except BaseException:
+                for future in running:
+                    future.cancel()
+                raise
         return results
 
     return model_thread.serve(compute)
 
 
-def _run_distributed(job: BlockJob, todo: list[Triple], address: str, report: Reporter) -> list[tuple[int, str]]:
-    """Run blocks on an existing Dask distributed cluster, keeping about two blocks per worker thread in flight."""
-    from distributed import Client, as_completed
+def run_unit(job: BlockJob, blocks: list[Triple]) -> list[tuple[int, str]]:
+    """Run the blocks of one unit one after another (a task of a distributed worker: one writer per shard)."""
+    return [run_block(job, b) for b in blocks]
+
+
+def _run_distributed(job: BlockJob, todo: list[Unit], address: str, report: Reporter,
+                     record: Callable[[Triple], None]) -> list[tuple[int, str]]:
+    """Run units on a Dask distributed cluster, one task per unit, about two per worker thread in flight."""
+    from distributed import as_completed
 
     results: list[tuple[int, str]] = []
-    with Client(address, timeout="30s") as client:
+    with connect(address) as client:
         slots = max(2, 2 * sum(client.nthreads().values()))
         pending = iter(todo)
-        futures = [client.submit(run_block, job, b, pure=False) for b in itertools.islice(pending, slots)]
-        queue = as_completed(futures)
+        futures = {}
+        for unit, blocks in itertools.islice(pending, slots):
+            futures[client.submit(run_unit, job, blocks, pure=False)] = unit
+        queue = as_completed(list(futures))
         for future in queue:
-            result = future.result()
-            results.append(result)
-            report.advance(result[0])
+            unit = futures.pop(future)
+            done = future.result()
+            record(unit)
+            results.extend(done)
+            report.advance(sum(n for n, _ in done))
             nxt = next(pending, None)
             if nxt is not None:
-                queue.add(client.submit(run_block, job, nxt, pure=False))
+                f = client.submit(run_unit, job, nxt[1], pure=False)
+                futures[f] = nxt[0]
+                queue.add(f)
     return results
 
 

@@ -1,11 +1,17 @@
 """Make the final label volume from one or more block-wise predictions; no torch.
 
-``stitch`` first checks that every block of every prediction is done (a run split into parts may still be
-missing some) and refuses with the list of missing blocks otherwise. One prediction is copied as it is; several
+``stitch`` first checks that every shard (every block, for an old prediction) of every prediction is done (a run
+split into parts may still be missing some) and refuses with the list of missing ones otherwise. One complete
+prediction is copied file by file (its shard files and its metadata, with the final attributes: nothing is
+decoded or re-encoded; an old per-block prediction is re-encoded into shards); several
 predictions of the same volume (2D models run along different axes, several models, ...) are fused: by
 averaging their class probabilities when every one of them has a probability store, else by a majority vote of
 the labels (ties go to the prediction given first). The result is a Zarr label store, or an export to ``.tif``,
 ``.nc``, ``.raw`` or ``.npy`` chosen by the output's extension.
+
+Fusion runs shard by shard of the output, each shard assembled from its blocks in memory and written once by
+one task. Copying and fusion run on threads of this process, or on a Dask distributed cluster (``scheduler``),
+with a bounded number of tasks in flight (:mod:`.cluster`).
 
 ``stitch`` runs in three steps: check (:func:`_check`), plan (:func:`_plan`: the fusion method and the output's
 attributes) and write (:func:`_write`), then the optional preview pyramid (:func:`write_preview`).
@@ -13,6 +19,7 @@ attributes) and write (:func:`_write`), then the optional preview pyramid (:func
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import time
@@ -26,8 +33,9 @@ import numpy as np
 import zarr
 
 from rockseg.errors import IncompleteError, InputError
-from rockseg.inference.grid import block_grid, block_region
-from rockseg.inference.store import Prediction
+from rockseg.inference.cluster import connect, map_batches
+from rockseg.inference.grid import Triple, block_grid, block_region
+from rockseg.inference.store import MARKER_DIR, Prediction, default_shard, missing_message
 from rockseg.io.stores import (
     ATTR_PHASES, ATTR_PROVENANCE, ATTR_SOURCE, ATTR_VOXEL_SIZE, ATTR_VOXEL_UNIT, atomic_output, check_new_output,
     compressors_for, open_volume, provenance,
@@ -39,8 +47,8 @@ EXPORTS = (".tif", ".tiff", ".nc", ".raw", ".npy")
 
 def stitch(
     preds: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str], *, overwrite: bool = False,
-    preview: str | os.PathLike[str] | None = None, workers: int = 2, progress: bool = False,
-    log: Callable[[str], None] | None = None,
+    preview: str | os.PathLike[str] | None = None, workers: int = 2, scheduler: str | None = None,
+    progress: bool = False, log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Check, fuse and write the final labels of one or more predictions.
 
@@ -51,6 +59,9 @@ def stitch(
     overwrite : replace an existing output.
     preview : optional path of a Zarr group to write a downsampled preview pyramid into (see
         :func:`write_preview`).
+    workers : threads of this process that copy or fuse shards (without ``scheduler``).
+    scheduler : address of a Dask distributed scheduler: the shards are copied or fused by its workers (which
+        must see the same files), a bounded number of tasks at a time.
 
     Raises
     ------
@@ -61,7 +72,12 @@ def stitch(
     opened = _check(preds, out, overwrite=overwrite, preview=preview)
     plan = _plan(opened)
     start = time.perf_counter()
-    _write(plan, out, overwrite=overwrite, workers=workers, progress=progress, log=log)
+    client = connect(scheduler) if scheduler else None
+    try:
+        _write(plan, out, overwrite=overwrite, run=_Runner(workers, client, progress, log))
+    finally:
+        if client is not None:
+            client.close()
     levels = 0
     if preview is not None:
         source = plan.preds[0].array if _is_export(out) else zarr.open_array(store=str(out), mode="r")
@@ -92,9 +108,7 @@ def _check(preds: Sequence[str | os.PathLike[str]], out: Path, *, overwrite: boo
     if incomplete:
         lines = []
         for p, missing in incomplete:
-            shown = " ".join(".".join(map(str, b)) for b in missing[:50])
-            more = f" (+{len(missing) - 50} more)" if len(missing) > 50 else ""
-            lines.append(f"{p.path}: {len(missing)} of {len(p.blocks())} blocks missing: {shown}{more}")
+            lines.append(f"{p.path}: {missing_message(p, missing, limit=50)}")
         raise IncompleteError(
             "; ".join(lines) + ": run the same 'rockseg predict' command (or the missing parts) again, then stitch"
         )
@@ -119,23 +133,25 @@ class _Plan:
 
     preds: list[Prediction]
     method: str  # "copy", "mean-probability" or "majority-vote"
-    probabilities: list[zarr.Array]  # the probability stores, for "mean-probability"
+    probabilities: list[str]  # the probability stores, for "mean-probability"
     attrs: dict[str, Any]
 
-    def fuse(self, region: tuple[slice, ...]) -> np.ndarray:
-        """The final labels of one region."""
-        if self.method == "copy":
-            return np.asarray(self.preds[0].array[region])
-        if self.probabilities:
-            total = sum(np.asarray(a[(slice(None), *region)], dtype=np.uint32) for a in self.probabilities)
-            return np.asarray(total.argmax(axis=0), dtype=np.uint8)
-        # majority vote; the first prediction gets half a vote more so that ties go to it
-        labels = [np.asarray(p.array[region]) for p in self.preds]
-        present = np.unique(np.concatenate([np.unique(lab) for lab in labels]))
-        score = np.stack([
-            2 * sum((lab == c).astype(np.uint16) for lab in labels) + (labels[0] == c) for c in present
-        ])
-        return present[score.argmax(axis=0)].astype(np.uint8)
+
+def _fuse(method: str, labels: Sequence[zarr.Array], probabilities: Sequence[zarr.Array],
+          region: tuple[slice, ...]) -> np.ndarray:
+    """The final labels of one region."""
+    if method == "copy":
+        return np.asarray(labels[0][region])
+    if probabilities:
+        total = sum(np.asarray(a[(slice(None), *region)], dtype=np.uint32) for a in probabilities)
+        return np.asarray(total.argmax(axis=0), dtype=np.uint8)
+    # majority vote; the first prediction gets half a vote more so that ties go to it
+    values = [np.asarray(a[region]) for a in labels]
+    present = np.unique(np.concatenate([np.unique(lab) for lab in values]))
+    score = np.stack([
+        2 * sum((lab == c).astype(np.uint16) for lab in values) + (values[0] == c) for c in present
+    ])
+    return present[score.argmax(axis=0)].astype(np.uint8)
 
 
 def _plan(opened: list[Prediction]) -> _Plan:
@@ -143,19 +159,37 @@ def _plan(opened: list[Prediction]) -> _Plan:
     first = opened[0]
     probs = [p.probabilities for p in opened]
     use_probs = len(opened) > 1 and all(probs)
-    prob_arrays = [open_volume(q, name="probabilities") for q in probs] if use_probs else []
+    for q in probs if use_probs else ():
+        open_volume(q, name="probabilities")  # exists and is an array: checked before any work
     method = "copy" if len(opened) == 1 else ("mean-probability" if use_probs else "majority-vote")
     src_attrs = dict(first.array.attrs)
     attrs: dict[str, Any] = {
         key: src_attrs[key] for key in (ATTR_PHASES, ATTR_VOXEL_SIZE, ATTR_VOXEL_UNIT, ATTR_SOURCE) if key in src_attrs
     }
     attrs[ATTR_PROVENANCE] = provenance(stitched_from=[str(p.path.resolve()) for p in opened], method=method)
-    return _Plan(opened, method, prob_arrays, attrs)
+    return _Plan(opened, method, [str(q) for q in probs] if use_probs else [], attrs)
 
 
 # ------------------------------------------------------------------------------------------------------ write
-def _write(plan: _Plan, out: Path, *, overwrite: bool, workers: int, progress: bool,
-           log: Callable[[str], None] | None) -> None:
+@dataclass(frozen=True)
+class _Runner:
+    """Where the shards of the output are copied or fused: threads of this process, or a Dask cluster."""
+
+    workers: int
+    client: Any
+    progress: bool
+    log: Callable[[str], None] | None
+
+    def map(self, fn: Callable[[Any], int], items: Sequence[Any], *, label: str, batch: int) -> None:
+        with Reporter(len(items), label, bar=self.progress, log=self.log) as report:
+            def done(results: list[int]) -> None:
+                for n in results:
+                    report.advance(n)
+
+            map_batches(fn, items, batch=batch, workers=self.workers, client=self.client, done=done)
+
+
+def _write(plan: _Plan, out: Path, *, overwrite: bool, run: _Runner) -> None:
     """Write the fused labels to ``out``: a Zarr store, or an export through a temporary one."""
     export = _is_export(out)
     if not export and out.suffix.lower() != ".zarr":
@@ -163,39 +197,92 @@ def _write(plan: _Plan, out: Path, *, overwrite: bool, workers: int, progress: b
     if export and plan.method == "copy":
         from rockseg.io import export as export_array
 
-        export_array(plan.preds[0].array, out, overwrite=overwrite, progress=progress)
+        export_array(plan.preds[0].array, out, overwrite=overwrite, progress=run.progress)
         return
     target = out if not export else out.with_name(f".{out.name}.fused.zarr")
-    _write_zarr(plan, target, overwrite=overwrite or export, workers=workers, progress=progress, log=log)
+    if plan.method == "copy" and not plan.preds[0].legacy:
+        _copy_shards(plan, target, overwrite=overwrite, run=run)
+    else:
+        _write_zarr(plan, target, overwrite=overwrite or export, run=run)
     if export:
         from rockseg.io import export as export_array
 
         try:
-            export_array(zarr.open_array(store=str(target), mode="r"), out, overwrite=overwrite, progress=progress)
+            export_array(zarr.open_array(store=str(target), mode="r"), out, overwrite=overwrite, progress=run.progress)
         finally:
             shutil.rmtree(target, ignore_errors=True)
 
 
-def _write_zarr(plan: _Plan, target: Path, *, overwrite: bool, workers: int, progress: bool,
-                log: Callable[[str], None] | None) -> None:
-    """Fuse and write the labels chunk by chunk into a new Zarr store, with Dask's threads."""
-    first = plan.preds[0].array
-    shape, chunks = first.shape, first.chunks
+def _copy_file(src: str, dst: str, name: str) -> int:
+    """Copy one shard file (a kernel copy where the file system offers one); its size in bytes."""
+    (Path(dst) / name).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(Path(src) / name, Path(dst) / name)
+    return (Path(dst) / name).stat().st_size
+
+
+def _copy_shards(plan: _Plan, target: Path, *, overwrite: bool, run: _Runner) -> None:
+    """One complete prediction: copy its metadata and shard files as they are (nothing decoded or re-encoded),
+    then give the copy the final attributes."""
+    pred = plan.preds[0]
+    files = []
+    for folder, dirs, names in os.walk(pred.path):
+        if Path(folder) == pred.path:
+            dirs[:] = [d for d in dirs if d != MARKER_DIR]
+            names = [n for n in names if n not in ("zarr.json", ".zattrs", ".zarray", ".zgroup")]
+        files.extend(os.path.relpath(os.path.join(folder, n), pred.path) for n in names)
+    files.sort()
     with atomic_output(target, overwrite=overwrite) as tmp:
-        arr = zarr.create_array(
-            store=str(tmp), shape=shape, chunks=chunks, dtype="uint8", fill_value=0,
-            compressors=compressors_for("blosc-zstd"), attributes=plan.attrs,
+        tmp.mkdir()
+        shutil.copyfile(pred.path / "zarr.json", tmp / "zarr.json")
+        zarr.open_array(store=str(tmp), mode="r+").attrs.put(plan.attrs)
+        run.map(functools.partial(_copy_file, str(pred.path), str(tmp)), files, label="stitch (copy)", batch=64)
+
+
+@dataclass(frozen=True)
+class _FuseJob:
+    """Fuse and write whole shards of the output (picklable, for Dask workers); one shard per call."""
+
+    labels: tuple[str, ...]
+    probabilities: tuple[str, ...]
+    method: str
+    out: str
+    block: Triple
+    shard: Triple
+    shape3: Triple
+
+    def __call__(self, unit: Triple) -> int:
+        labels = [zarr.open_array(store=p, mode="r") for p in self.labels]
+        probs = [zarr.open_array(store=p, mode="r") for p in self.probabilities]
+        out = zarr.open_array(store=self.out, mode="r+")
+        flat = out.ndim == 2
+        edge = [b * k for b, k in zip(self.block, self.shard)]
+        region = block_region(unit, self.shape3, edge)
+        buf = np.empty([r.stop - r.start for r in region], np.uint8)
+        counts = [-(-(r.stop - r.start) // b) for r, b in zip(region, self.block)]
+        for index in block_grid(counts, (1, 1, 1)):
+            local = block_region(index, buf.shape, self.block)
+            where = tuple(slice(r.start + w.start, r.start + w.stop) for r, w in zip(region, local))
+            buf[local] = _fuse(self.method, labels, probs, where[1:] if flat else where).reshape(buf[local].shape)
+        out[region[1:] if flat else region] = buf[0] if flat else buf  # the whole shard in one write
+        return int(buf.size)
+
+
+def _write_zarr(plan: _Plan, target: Path, *, overwrite: bool, run: _Runner) -> None:
+    """Fuse the labels shard by shard into a new sharded Zarr store (each shard written once, by one task)."""
+    first = plan.preds[0]
+    shard = first.shard if not first.legacy else default_shard(first.shape3, first.block)
+    shards = tuple(b * k for b, k in zip(first.block, shard))[-first.array.ndim:]
+    with atomic_output(target, overwrite=overwrite) as tmp:
+        zarr.create_array(
+            store=str(tmp), shape=first.array.shape, chunks=first.array.chunks, shards=shards, dtype="uint8",
+            fill_value=0, compressors=compressors_for("blosc-zstd"), attributes=plan.attrs,
         )
-        grid = block_grid(shape, chunks)
-        with Reporter(len(grid), "stitch", bar=progress, log=log) as report:
-
-            def run(index: tuple[int, ...]) -> None:
-                region = block_region(index, shape, chunks)
-                arr[region] = plan.fuse(region)
-                report.advance(int(np.prod([r.stop - r.start for r in region])))
-
-            tasks = [dask.delayed(run, pure=False)(i) for i in grid]
-            dask.compute(*tasks, scheduler="threads", num_workers=workers)
+        job = _FuseJob(
+            labels=tuple(str(p.path) for p in plan.preds), probabilities=tuple(plan.probabilities),
+            method=plan.method, out=str(tmp), block=first.block, shard=shard, shape3=first.shape3,
+        )
+        counts = [-(-n // b) for n, b in zip(first.block_counts(), shard)]
+        run.map(job, block_grid(counts, (1, 1, 1)), label="stitch", batch=1)
 
 
 def write_preview(

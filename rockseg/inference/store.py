@@ -1,23 +1,48 @@
 """The prediction store on disk: the label array, its completion records and the lock of a run; no torch.
 
-A prediction ``PRED.zarr`` is a plain Zarr label array whose attributes hold the run's settings
-(``rockseg.settings``), the block edge (``rockseg.block``) and the (Z, Y, X) shape of its grid
-(``rockseg.shape3``). Beside the chunks, ``PRED.zarr/.rockseg/`` holds the records that make a run resumable:
+Layout (version 2, written since rockseg 0.x; ``rockseg.layout`` = 2)::
 
-- ``done/<z>.<y>.<x>``: one empty file per finished block, written after the block's chunks;
-- ``complete``: written once every block is done;
-- ``lock-<i>-of-<n>`` (one part of a job array) or ``lock-all``: ``host pid`` of the run writing those blocks.
+    PRED.zarr/
+      zarr.json              Zarr v3 array, sharding codec: inner chunk = one block, shard = K x K x K blocks
+      c/<z>/<y>/<x>          one file per shard (the unit of work): written only by the run that owns it
+      .rockseg/records/<w>   completion records, one append-only text file per writer <w> (``all`` for a
+                             whole run, ``part-<i>-of-<n>`` for one part of a job array)
+      .rockseg/complete      written once every shard is done
+      .rockseg/lock-<i>-of-<n>, lock-all   ``host pid`` of the run writing those shards
+      .rockseg/intensity.json  the input's intensity statistics, when they could not be stored in the input
 
-Re-running the same command skips blocks with a record, so a killed run resumes; a run with other settings is
+The *unit of work* is one shard: ``K`` blocks along each axis (``rockseg.shard`` holds ``[Kz, Ky, Kx]``,
+smaller where the volume has fewer blocks). ``K`` defaults to the smallest edge that keeps the store at most
+:data:`MAX_SHARDS` shard files (so a 10,000^3 volume with 144^3 blocks has 24^3 shards of 432^3 voxels, 80 MB of
+labels each; a volume up to ~16,000 blocks keeps one block per shard). A part of a job array (``--part I/N``)
+runs shards ``I, I + N, ...`` of the C-order shard grid, so no two parts ever write the same shard file; inside
+one process the writes of blocks that share a shard are serialised (:func:`shard_lock`), and each shard file is
+replaced atomically by zarr. A shard is recorded only after all its blocks are written: a killed run loses at
+most the shards in flight, and a resume recomputes them whole.
+
+A completion record is one line ``<z>.<y>.<x>`` (the shard index), appended by one ``write`` to the writer's
+file; a line without its newline (a crash in the middle) is ignored. Further ``key=value`` fields after the
+index are allowed and ignored by this version (room for a checksum of the shard's data and a note that it was
+flushed). Listing what is done reads a few files whatever the number of shards (~100,000 lines in a few tens of
+milliseconds), never a directory of one file per block.
+
+Layout 1 (before): a plain chunked array (chunk = block) with one empty file ``.rockseg/done/<z>.<y>.<x>`` per
+finished block; such predictions still open, resume (in their own layout), stitch and score: they are read as
+one block per shard.
+
+Re-running the same command skips shards with a record, so a killed run resumes; a run with other settings is
 refused unless it overwrites. An optional class-probability store (uint8, probability * 255) is created beside
-it with the same attributes. ``rockseg stitch`` reads these stores without torch.
+it with the same shards. ``rockseg stitch`` reads these stores without torch.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 import shutil
 import socket
+import threading
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,18 +50,52 @@ from typing import Any
 
 import zarr
 
-from rockseg.errors import IncompleteError, InputError, MissingInputError, OutputExistsError
+from rockseg.errors import IncompleteError, InputError, MissingInputError, OutputExistsError, OutputWriteError
 from rockseg.inference.grid import Triple, block_grid
 from rockseg.io.stores import ATTR_PROVENANCE, compressors_for, open_volume
 
 MARKER_DIR = ".rockseg"
+RECORDS = "records"
+STATS_FILE = "intensity.json"  # the input's statistics, kept here when the input cannot be written
+LAYOUT = 2
+MAX_SHARDS = 16384  # shard files per store at most, with the default shard edge
+_LOCKS = tuple(threading.Lock() for _ in range(64))  # striped per-shard write locks of this process
+
+
+def default_shard(shape3: Sequence[int], block: Sequence[int]) -> Triple:
+    """Blocks per shard along (Z, Y, X): the smallest common edge ``K`` giving at most :data:`MAX_SHARDS` shards.
+
+    >>> default_shard((10_000,) * 3, (144,) * 3)
+    (3, 3, 3)
+    >>> default_shard((64, 64, 64), (16, 16, 16))
+    (1, 1, 1)
+    """
+    counts = [math.ceil(n / b) for n, b in zip(shape3, block)]
+    k = 1
+    while math.prod(math.ceil(c / k) for c in counts) > MAX_SHARDS:
+        k += 1
+    return tuple(min(k, c) for c in counts)  # type: ignore[return-value]
+
+
+def shard_lock(array: zarr.Array, region: Sequence[slice]) -> contextlib.AbstractContextManager[Any]:
+    """A lock of this process for the shard of ``array`` that ``region`` (one block) lies in.
+
+    Zarr rewrites a whole shard file to write part of it, so two threads writing blocks of one shard at once
+    would lose one of them; blocks of different shards (different files) are written side by side.
+    """
+    shards = getattr(array, "shards", None)
+    if shards is None:
+        return contextlib.nullcontext()
+    index = tuple(r.start // s for r, s in zip(region, shards[-len(region):]))
+    return _LOCKS[hash((str(array.store), index)) % len(_LOCKS)]
 
 
 class Prediction:
-    """A block-wise prediction store: the label array plus its completion markers.
+    """A prediction store: the label array plus its completion records (see the module's docstring).
 
     The label array is a plain Zarr array (``zarr.open_array(path)`` opens it); its attributes hold the run's
-    settings under ``rockseg.settings`` and the block edge under ``rockseg.block``.
+    settings under ``rockseg.settings``, the block edge under ``rockseg.block`` and the blocks per shard under
+    ``rockseg.shard`` (absent in layout 1: one block per unit, one marker file per block).
     """
 
     def __init__(self, path: str | os.PathLike[str], *, writable: bool = False) -> None:
@@ -52,61 +111,142 @@ class Prediction:
         self.block: Triple = tuple(meta["block"])  # type: ignore[assignment]
         self.shape3: Triple = tuple(meta["shape3"])  # type: ignore[assignment]
         self.probabilities: str | None = meta.get("probabilities")
+        self.legacy = "shard" not in meta  # layout 1: a marker file per block
+        self.shard: Triple = (1, 1, 1) if self.legacy else tuple(meta["shard"])  # type: ignore[assignment]
 
     @property
     def marker_dir(self) -> Path:
+        """Layout 1's folder of one marker file per finished block."""
         return self.path / MARKER_DIR / "done"
+
+    @property
+    def records_dir(self) -> Path:
+        return self.path / MARKER_DIR / RECORDS
+
+    @property
+    def unit_name(self) -> str:
+        return "blocks" if self.shard == (1, 1, 1) else f"shards of {'x'.join(map(str, self.shard))} blocks"
+
+    def block_counts(self) -> Triple:
+        return tuple(math.ceil(n / b) for n, b in zip(self.shape3, self.block))  # type: ignore[return-value]
 
     def blocks(self) -> list[Triple]:
         return block_grid(self.shape3, self.block)
 
+    def units(self) -> list[Triple]:
+        """The units of work (shards; blocks in layout 1), numbered (z, y, x) in C order."""
+        return block_grid(self.block_counts(), self.shard)
+
+    def unit_blocks(self, unit: Sequence[int]) -> list[Triple]:
+        """The blocks of one unit, in C order."""
+        ranges = [range(u * k, min((u + 1) * k, n)) for u, k, n in zip(unit, self.shard, self.block_counts())]
+        return [(z, y, x) for z in ranges[0] for y in ranges[1] for x in ranges[2]]
+
     def done(self) -> set[Triple]:
-        out = set()
-        for name in os.listdir(self.marker_dir) if self.marker_dir.exists() else ():
-            try:
-                out.add(tuple(int(v) for v in name.split(".")))
-            except ValueError:
+        """The units recorded as done."""
+        if self.legacy:
+            names = os.listdir(self.marker_dir) if self.marker_dir.exists() else ()
+            return {idx for idx in map(_parse_index, names) if idx is not None}
+        out: set[Triple] = set()
+        for name in os.listdir(self.records_dir) if self.records_dir.exists() else ():
+            if name.startswith("."):
                 continue
-        return out  # type: ignore[return-value]
+            out.update(read_records(self.records_dir / name))
+        return out
 
     def missing(self) -> list[Triple]:
+        """The units not yet done, in C order."""
         done = self.done()
-        return [b for b in self.blocks() if b not in done]
+        return [u for u in self.units() if u not in done]
 
-    def mark_done(self, index: Triple) -> None:
-        (self.marker_dir / ".".join(map(str, index))).touch()
+    def recorder(self, part: tuple[int, int] | None) -> CompletionLog:
+        """The completion log this run (the whole job, or one part of it) appends its finished units to."""
+        if self.legacy:
+            return CompletionLog(self.marker_dir, legacy=True)
+        name = f"part-{part[0]}-of-{part[1]}" if part else "all"
+        return CompletionLog(self.records_dir / name)
 
     def mark_complete(self) -> None:
-        """Record that every block is done."""
+        """Record that every unit is done."""
         (self.path / MARKER_DIR / "complete").touch()
+
+
+def _parse_index(text: str) -> Triple | None:
+    try:
+        index = tuple(int(v) for v in text.split("."))
+    except ValueError:
+        return None
+    return index if len(index) == 3 else None  # type: ignore[return-value]
+
+
+def read_records(path: Path) -> set[Triple]:
+    """The unit indices recorded in one completion log (a last line cut short by a crash is ignored)."""
+    try:
+        text = path.read_text(encoding="ascii", errors="replace")
+    except FileNotFoundError:
+        return set()
+    lines = text.split("\n")[:-1]  # the text after the last newline is an unfinished record
+    return {idx for idx in (_parse_index(line.split(" ", 1)[0]) for line in lines) if idx is not None}
+
+
+class CompletionLog:
+    """Append-only completion records of one writer: one line per finished unit, written by one ``write``.
+
+    Use as a context manager; :meth:`record` is thread-safe. Call it only once the unit's data is written.
+    """
+
+    def __init__(self, path: Path, *, legacy: bool = False) -> None:
+        self.path = path
+        self.legacy = legacy
+        self._fd: int | None = None
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> CompletionLog:
+        if not self.legacy:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise OutputWriteError(f"cannot write the completion records {self.path}: {exc.strerror}") from None
+        return self
+
+    def record(self, unit: Sequence[int], **fields: Any) -> None:
+        """Record unit ``unit`` as done; ``fields`` (``key=value``) are kept on its line for later readers."""
+        name = ".".join(map(str, unit))
+        if self.legacy:
+            (self.path / name).touch()
+            return
+        line = " ".join([name, *(f"{k}={v}" for k, v in fields.items())]) + "\n"
+        with self._lock:
+            assert self._fd is not None, "CompletionLog.record outside its 'with'"
+            os.write(self._fd, line.encode("ascii"))
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def create_prediction(
     out: Path, *, shape: Sequence[int], block: Triple, classes: int, attrs: dict[str, Any],
-    probabilities: str | None, overwrite: bool,
+    probabilities: str | None, overwrite: bool, shard: Triple | None = None,
 ) -> Prediction:
-    """Create the output store, or reopen it to resume when it holds a run with the same settings."""
+    """Create the output store, or reopen it to resume when it holds a run with the same settings.
+
+    ``shard`` (blocks per shard along Z, Y, X) defaults to :func:`default_shard`; a store that exists keeps its
+    own (an old one of layout 1 resumes in layout 1).
+    """
     settings = attrs[ATTR_PROVENANCE]["settings"]
+    asked = shard
+    if shard is None:
+        shard = default_shard(attrs[ATTR_PROVENANCE]["shape3"], block)
     if out.exists() and overwrite:
         shutil.rmtree(out) if out.is_dir() else out.unlink()
         if probabilities and Path(probabilities).exists():
             shutil.rmtree(probabilities)
     if not out.exists():
-        if not out.parent.exists():
-            raise MissingInputError(f"the folder of output {out} does not exist: create {out.parent} first")
-        tmp = out.with_name(f".{out.name}.partial-{uuid.uuid4().hex[:8]}")
-        chunks = block if len(shape) == 3 else block[1:]
-        zarr.create_array(
-            store=str(tmp), shape=tuple(shape), chunks=tuple(chunks), dtype="uint8", fill_value=0,
-            compressors=compressors_for("blosc-zstd"), attributes=attrs,
-        )
-        (tmp / MARKER_DIR / "done").mkdir(parents=True)
-        if probabilities:
-            _create_probabilities(Path(probabilities), shape=shape, chunks=chunks, classes=classes, attrs=attrs)
-        try:
-            os.rename(tmp, out)
-        except OSError:  # another part created it first: use theirs
-            shutil.rmtree(tmp, ignore_errors=True)
+        _create_new(out, shape=shape, block=block, shard=shard, classes=classes, attrs=attrs,
+                    probabilities=probabilities)
     try:
         pred = Prediction(out, writable=True)
     except InputError:
@@ -124,17 +264,52 @@ def create_prediction(
             f"{out} was written with --block {pred.block[-1]}, not {block[-1]}: use the same block to resume it, "
             f"or pass --overwrite"
         )
+    if asked is not None and pred.shard != tuple(asked):
+        raise OutputExistsError(
+            f"{out} holds shards of {'x'.join(map(str, pred.shard))} blocks, not {'x'.join(map(str, asked))}: "
+            f"resume it without --shard-blocks (or with the same), or pass --overwrite"
+        )
     return pred
 
 
-def _create_probabilities(path: Path, *, shape: Sequence[int], chunks: Sequence[int], classes: int,
-                          attrs: dict[str, Any]) -> None:
+def _create_new(out: Path, *, shape: Sequence[int], block: Triple, shard: Triple, classes: int,
+                attrs: dict[str, Any], probabilities: str | None) -> None:
+    """Build a new prediction store under a temporary name and rename it into place."""
+    if not out.parent.exists():
+        raise MissingInputError(f"the folder of output {out} does not exist: create {out.parent} first")
+    meta = attrs[ATTR_PROVENANCE]
+    attrs = {**attrs, ATTR_PROVENANCE: {**meta, "shard": list(shard), "layout": LAYOUT}}
+    chunks = block if len(shape) == 3 else block[1:]
+    shards = tuple(b * k for b, k in zip(block, shard))[-len(shape):]
+    tmp = out.with_name(f".{out.name}.partial-{uuid.uuid4().hex[:8]}")
+    try:
+        zarr.create_array(
+            store=str(tmp), shape=tuple(shape), chunks=tuple(chunks), shards=shards, dtype="uint8", fill_value=0,
+            compressors=compressors_for("blosc-zstd"), attributes=attrs,
+        )
+        (tmp / MARKER_DIR / RECORDS).mkdir(parents=True)
+        if probabilities:
+            _create_probabilities(Path(probabilities), shape=shape, chunks=chunks, shards=shards, classes=classes,
+                                  attrs=attrs)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OutputWriteError(f"cannot create {out}: {exc.strerror or exc}: free space or fix permissions") from None
+    try:
+        os.rename(tmp, out)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not out.exists():  # not "another part created it first": a real failure
+            raise OutputWriteError(f"cannot create {out}: renaming {tmp.name} failed") from None
+
+
+def _create_probabilities(path: Path, *, shape: Sequence[int], chunks: Sequence[int], shards: Sequence[int],
+                          classes: int, attrs: dict[str, Any]) -> None:
     if path.exists():
         return
     tmp = path.with_name(f".{path.name}.partial-{uuid.uuid4().hex[:8]}")
     zarr.create_array(
-        store=str(tmp), shape=(classes, *shape), chunks=(classes, *chunks), dtype="uint8", fill_value=0,
-        compressors=compressors_for("blosc-zstd"),
+        store=str(tmp), shape=(classes, *shape), chunks=(classes, *chunks), shards=(classes, *shards), dtype="uint8",
+        fill_value=0, compressors=compressors_for("blosc-zstd"),
         attributes={**attrs, "scale": "probability * 255, rounded", "axes": "C" + "ZYX"[-len(shape):]},
     )
     try:
@@ -143,16 +318,21 @@ def _create_probabilities(path: Path, *, shape: Sequence[int], chunks: Sequence[
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def missing_message(pred: Prediction, missing: Sequence[Triple], *, limit: int = 20) -> str:
+    """``N of M blocks missing (z.y.x, ...)`` (or shards), naming at most ``limit`` of them."""
+    shown = ", ".join(".".join(map(str, b)) for b in missing[:limit])
+    more = f" and {len(missing) - limit} more" if len(missing) > limit else ""
+    return f"{len(missing)} of {len(pred.units())} {pred.unit_name} missing ({shown}{more})"
+
+
 def check_complete(path: str | os.PathLike[str], *, limit: int = 20) -> Prediction:
-    """Open a prediction and raise :class:`IncompleteError` listing missing blocks if it is not complete."""
+    """Open a prediction and raise :class:`IncompleteError` listing missing units if it is not complete."""
     pred = Prediction(path)
     missing = pred.missing()
     if missing:
-        shown = ", ".join(".".join(map(str, b)) for b in missing[:limit])
-        more = f" and {len(missing) - limit} more" if len(missing) > limit else ""
         raise IncompleteError(
-            f"{pred.path} is incomplete: {len(missing)} of {len(pred.blocks())} blocks missing ({shown}{more}): "
-            f"run the same 'rockseg predict' command (or the missing parts) again to finish it"
+            f"{pred.path} is incomplete: {missing_message(pred, missing, limit=limit)}: run the same "
+            f"'rockseg predict' command (or the missing parts) again to finish it"
         )
     return pred
 

@@ -62,3 +62,24 @@ def test_a_dask_workers_default_malloc_setting_is_not_taken_for_the_users():
                                       env=environ) as cluster, distributed.Client(cluster) as client:
             view = client.submit(_worker_malloc_view, pure=False).result()
         assert view == (user, environ.get("MALLOC_TRIM_THRESHOLD_", "65536")), environ
+
+
+@pytest.mark.slow
+def test_statistics_on_a_dask_cluster_equal_those_of_threads(tmp_path):
+    """predict --scheduler reads the statistics' pieces on the cluster's worker processes: the same numbers as
+    threads of this process, for an exact histogram and for the sampled float path alike."""
+    distributed = pytest.importorskip("distributed")
+    from rockseg.inference.cluster import map_batches
+    from rockseg.io.intensity import intensity_stats
+
+    rng = np.random.default_rng(4)
+    for dtype in ("uint16", "float32"):
+        arr = zarr.create_array(store=str(tmp_path / f"{dtype}.zarr"), shape=(20, 30, 40), chunks=(8, 8, 8),
+                                dtype=dtype)
+        arr[...] = rng.normal(1000, 200, arr.shape).clip(0).astype(dtype)
+        local = intensity_stats(arr, workers=2)
+        with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                      dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+            remote = intensity_stats(arr, mapper=lambda fn, items, done: map_batches(
+                fn, items, batch=3, client=client, done=done))
+        assert remote == local

@@ -128,3 +128,97 @@ def test_score_runs_without_torch(tmp_path, boxsum):
     present = {p["label"]: p for p in doc["phases"] if p["fraction_true"] > 0}
     assert set(present) == set(np.unique(expected).tolist())
     assert all(p["iou"] == 1.0 for p in present.values())
+
+
+# ------------------------------------------------------------------------------------------- shards, clusters
+def _shard_files(path):
+    return {p.relative_to(path).as_posix(): p.read_bytes() for p in (path / "c").rglob("*") if p.is_file()}
+
+
+def test_one_prediction_is_copied_shard_file_by_file_without_decoding(tmp_path, boxsum, monkeypatch):
+    import zarr.codecs
+
+    data = binary_volume(tmp_path / "v.zarr", (20, 16, 12))
+    model = boxsum(tmp_path / "m.pt")
+    predict(tmp_path / "v.zarr", tmp_path / "p.zarr", model=model,
+            config=PredictConfig(block=4, shard_blocks=2, device="cpu"))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("stitch decoded or fused a chunk of a single prediction")
+
+    monkeypatch.setattr(zarr.codecs.BloscCodec, "_decode_single", refuse)
+    monkeypatch.setattr("rockseg.inference.stitching._fuse", refuse)
+    s = stitch([tmp_path / "p.zarr"], tmp_path / "final.zarr", workers=3)
+    monkeypatch.undo()
+    assert s["method"] == "copy"
+    assert _shard_files(tmp_path / "final.zarr") == _shard_files(tmp_path / "p.zarr") != {}
+    final = zarr.open_array(str(tmp_path / "final.zarr"))
+    assert final.shards == (8, 8, 8) and final.attrs["rockseg"]["method"] == "copy"
+    assert "settings" not in final.attrs["rockseg"] and not (tmp_path / "final.zarr" / ".rockseg").exists()
+    np.testing.assert_array_equal(final[...], expected_boxsum(data))
+
+
+def test_fusion_writes_whole_shards_of_the_output(tmp_path, boxsum):
+    data = binary_volume(tmp_path / "v.zarr", (20, 16, 12))
+    model = boxsum(tmp_path / "m.pt")
+    for name in ("a", "b"):
+        predict(tmp_path / "v.zarr", tmp_path / f"{name}.zarr", model=model,
+                config=PredictConfig(block=4, shard_blocks=2, device="cpu"))
+    zarr.open_array(str(tmp_path / "b.zarr"), mode="r+")[0:5] = 77  # a tie there: the first prediction wins
+    s = stitch([tmp_path / "a.zarr", tmp_path / "b.zarr"], tmp_path / "f.zarr")
+    assert s["method"] == "majority-vote"
+    final = zarr.open_array(str(tmp_path / "f.zarr"))
+    assert final.shards == (8, 8, 8) and len(_shard_files(tmp_path / "f.zarr")) == 3 * 2 * 2
+    np.testing.assert_array_equal(final[...], expected_boxsum(data))
+
+
+@pytest.mark.slow
+def test_stitch_on_a_dask_cluster_of_two_processes_equals_the_local_run(tmp_path, boxsum):
+    distributed = pytest.importorskip("distributed")
+    binary_volume(tmp_path / "v.zarr", (20, 16, 12))
+    model = boxsum(tmp_path / "m.pt")
+    for name in ("a", "b", "c"):
+        predict(tmp_path / "v.zarr", tmp_path / f"{name}.zarr", model=model,
+                config=PredictConfig(block=4, shard_blocks=2, device="cpu"))
+    zarr.open_array(str(tmp_path / "b.zarr"), mode="r+")[0:9] = 5
+    zarr.open_array(str(tmp_path / "c.zarr"), mode="r+")[3:12, 4:] = 5
+    fused = [tmp_path / f"{n}.zarr" for n in "abc"]
+    stitch(fused, tmp_path / "local.zarr")
+    stitch(fused[:1], tmp_path / "local1.zarr")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster:
+        s = stitch(fused, tmp_path / "dist.zarr", scheduler=cluster.scheduler_address)
+        stitch(fused[:1], tmp_path / "dist1.zarr", scheduler=cluster.scheduler_address)
+    assert s["method"] == "majority-vote"
+    for local, dist in (("local", "dist"), ("local1", "dist1")):
+        expected = zarr.open_array(str(tmp_path / f"{local}.zarr"))[...]
+        np.testing.assert_array_equal(zarr.open_array(str(tmp_path / f"{dist}.zarr"))[...], expected)
+    assert (zarr.open_array(str(tmp_path / "dist.zarr"))[...] == 5).any()
+
+
+def test_unreachable_scheduler_exits_2_within_a_bounded_wait(tmp_path, boxsum, monkeypatch):
+    import socket
+    import time
+
+    from typer.testing import CliRunner
+
+    from rockseg.cli import app
+
+    pytest.importorskip("distributed")
+    binary_volume(tmp_path / "v.zarr", (8, 8, 8))
+    model = boxsum(tmp_path / "m.pt")
+    predict(tmp_path / "v.zarr", tmp_path / "p.zarr", model=model, config=PredictConfig(device="cpu"))
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        address = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    monkeypatch.setattr("rockseg.inference.cluster.CONNECT_TIMEOUT", 2.0)
+    start = time.perf_counter()
+    result = CliRunner().invoke(app, ["stitch", str(tmp_path / "p.zarr"), "-o", str(tmp_path / "f.zarr"),
+                                      "--scheduler", address])
+    assert result.exit_code == 2 and time.perf_counter() - start < 30
+    assert f"--scheduler {address}: no Dask scheduler answered within 2 s" in result.output
+    assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "f.zarr").exists()
+    with pytest.raises(InputError, match="no Dask scheduler answered"):  # predict refuses before writing
+        predict(tmp_path / "v.zarr", tmp_path / "q.zarr", model=model,
+                config=PredictConfig(device="cpu", scheduler=address))
+    assert not (tmp_path / "q.zarr").exists()
