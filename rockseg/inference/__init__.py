@@ -6,7 +6,6 @@ of one or more such stores is done and writes the final labels. The modules, in 
 - :mod:`.config`: :class:`PredictConfig`, the run's settings, and their defaults;
 - :mod:`.grid`: the global tile grid with its halos, the block grid and the job-array parts (``--part I/N``);
 - :mod:`.store`: the prediction store (Zarr shards, the units of work), its completion logs and the lock of a run;
-- :mod:`.cluster`: many small tasks in bounded batches, on threads or a Dask distributed cluster;
 - :mod:`.region`: one region from the tile grid (:func:`predict_region`), its buffers and the tile batching;
 - :mod:`.runner`: the network on one thread (:class:`TileRunner`, :class:`~.runner.ModelThread`);
 - :mod:`.engine`: the block engine of a process (:class:`BlockJob`, :func:`run_block`);
@@ -18,10 +17,10 @@ of one or more such stores is done and writes the final labels. The modules, in 
 a submodule of that name would replace the function of the same name on this package once it is imported.)
 
 Importing this package does not import torch, so ``rockseg stitch`` and ``rockseg score`` run where torch is
-missing: ``config``, ``grid``, ``store``, ``cluster``, ``region`` and ``stitching`` do without it and are re-exported here;
+missing: ``config``, ``grid``, ``store``, ``region`` and ``stitching`` do without it and are re-exported here;
 the names of ``runner``, ``engine``, ``scheduling`` and ``predicting`` are loaded on first use (a module-level
 ``__getattr__``). This package may import rockseg.io (stores, intensity, and stitching's exports), rockseg.models (runner, engine
-and predicting only), rockseg.devices, rockseg.errors, rockseg.progress and rockseg.vocabulary.
+and predicting only), rockseg.cluster, rockseg.devices, rockseg.errors, rockseg.progress and rockseg.vocabulary.
 """
 
 from __future__ import annotations

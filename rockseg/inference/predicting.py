@@ -23,7 +23,7 @@ import zarr
 
 from rockseg.devices import resolve_device
 from rockseg.errors import InputError, MissingInputError, OutputWriteError
-from rockseg.inference.cluster import connect, map_batches
+from rockseg.cluster import connect, map_batches
 from rockseg.inference.config import DEFAULT_BLOCK, PredictConfig
 from rockseg.inference.engine import BlockJob
 from rockseg.inference.grid import TileGrid, Triple, part_blocks

@@ -10,14 +10,12 @@ block is run by :func:`~rockseg.inference.engine.run_block`, whichever process i
 
 from __future__ import annotations
 
-import itertools
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import Any
 
+from rockseg.cluster import connect, run_bounded
 from rockseg.devices import malloc_environment
-from rockseg.inference.cluster import connect
 from rockseg.inference.config import PredictConfig
 from rockseg.inference.engine import BlockJob, drop_engine, engine_for, run_block
 from rockseg.inference.grid import Triple
@@ -73,23 +71,8 @@ def _run_threads(job: BlockJob, todo: list[Unit], workers: int, report: Reporter
         return result
 
     def compute() -> list[tuple[int, str]]:
-        results: list[tuple[int, str]] = []
-        tasks = ((unit, b) for unit, blocks in todo for b in blocks)
-        with ThreadPoolExecutor(workers, thread_name_prefix="rockseg-block") as pool:
-            running = {pool.submit(run, *t) for t in itertools.islice(tasks, workers)}
-            try:
-                while running:
-                    finished, running = wait(running, return_when=FIRST_COMPLETED)
-                    for future in finished:
-                        results.append(future.result())
-                        nxt = next(tasks, None)
-                        if nxt is not None:
-                            running.add(pool.submit(run, *nxt))
-            except BaseException:
-                for future in running:
-                    future.cancel()
-                raise
-        return results
+        tasks = (((unit, b), (unit, b)) for unit, blocks in todo for b in blocks)
+        return [r for _, r in run_bounded(lambda _, unit, index: run(unit, index), None, tasks, workers=workers)]
 
     return model_thread.serve(compute)
 
@@ -102,27 +85,12 @@ def run_unit(job: BlockJob, blocks: list[Triple]) -> list[tuple[int, str]]:
 def _run_distributed(job: BlockJob, todo: list[Unit], address: str, report: Reporter,
                      record: Callable[[Triple], None]) -> list[tuple[int, str]]:
     """Run units on a Dask distributed cluster, one task per unit, about two per worker thread in flight."""
-    from distributed import as_completed
-
     results: list[tuple[int, str]] = []
     with connect(address) as client:
-        slots = max(2, 2 * sum(client.nthreads().values()))
-        pending = iter(todo)
-        futures = {}
-        for unit, blocks in itertools.islice(pending, slots):
-            futures[client.submit(run_unit, job, blocks, pure=False)] = unit
-        queue = as_completed(list(futures))
-        for future in queue:
-            unit = futures.pop(future)
-            done = future.result()
-            record(unit)
+        for unit, done in run_bounded(run_unit, job, ((unit, (blocks,)) for unit, blocks in todo), client=client):
+            record(unit)  # type: ignore[arg-type]
             results.extend(done)
             report.advance(sum(n for n, _ in done))
-            nxt = next(pending, None)
-            if nxt is not None:
-                f = client.submit(run_unit, job, nxt[1], pure=False)
-                futures[f] = nxt[0]
-                queue.add(f)
     return results
 
 

@@ -33,7 +33,7 @@ import numpy as np
 import zarr
 
 from rockseg.errors import IncompleteError, InputError
-from rockseg.inference.cluster import connect, map_batches
+from rockseg.cluster import connect, map_batches
 from rockseg.inference.grid import Triple, block_grid, block_region
 from rockseg.inference.store import MARKER_DIR, Prediction, default_shard, missing_message
 from rockseg.io.stores import (

@@ -17,10 +17,9 @@ precision, recall, fractions, Euler numbers, per slice too) is exact. Its module
     the Euler windows straddling blocks, counted from the faces the blocks return.
 ``units``
     the work of one task: a shard's blocks (or one block), with the seams between them.
-``running``
-    running the tasks with a bounded number in flight, on threads or a Dask cluster (``--scheduler``).
 ``score``
-    :func:`score_volumes`: check every option, plan the units, run them and sum their tallies and seams.
+    :func:`score_volumes`: check every option, plan the units, run them (:mod:`rockseg.cluster`: a bounded
+    number in flight, on threads or a Dask cluster) and sum their tallies and seams.
 ``document``
     the score document from the summed tally, and :func:`score_csv`.
 ``figures``, ``report``

@@ -21,7 +21,7 @@ reports is exact:
 
 The steps: :func:`_check` validates every option before any block is read (a bad option found an hour into a run
 is the worst error); :func:`_work` gathers what every task needs; :func:`_sum_units` runs one task per unit (a
-shard of a sharded store, else a block: :mod:`rockseg.metrics.units`) with :func:`rockseg.metrics.running.run_bounded`
+shard of a sharded store, else a block: :mod:`rockseg.metrics.units`) with :func:`rockseg.cluster.run_bounded`
 and sums their tallies and the seams between them as they come in; :func:`_finish` turns the sum into the score
 document. ``score_volumes`` itself is long only by its docstring, which is the contract of the ``score --json``
 document.
@@ -41,7 +41,7 @@ from rockseg.io.stores import check_crop, phases_of
 from rockseg.metrics.blockwise import Mask, Plan, Volume, axis_edges, block_base, grow_block
 from rockseg.metrics.document import per_slice_document, score_document
 from rockseg.metrics.euler import check_connectivity, compact_lut
-from rockseg.metrics.running import run_bounded
+from rockseg.cluster import run_bounded
 from rockseg.metrics.seams import SeamCounter, block_order
 from rockseg.metrics.tally import Tally, merge
 from rockseg.metrics.units import MERGE_EVERY, Work, score_unit, unit_shape
@@ -142,7 +142,7 @@ def score_volumes(
     InputError
         Before any block is read: volumes (or a mask) of different shapes, not 2D or 3D, empty, of a non-integer
         dtype, a bad connectivity, crop, phase label, ignored label, per-slice axis or block shape, or a
-        ``scheduler`` that cannot be reached within ``rockseg.metrics.running.CONNECT_TIMEOUT_S`` seconds. While
+        ``scheduler`` that cannot be reached within ``rockseg.cluster.CONNECT_TIMEOUT`` seconds. While
         reading: a label below 0 or above 255, or one that ``phases`` does not name with ``strict_phases``.
         After: a mask that leaves out every voxel.
 
@@ -357,7 +357,7 @@ def _sum_units(work: Work, checked: _Checked, scheduler: str | None, num_workers
 
     tallies: list[Tally] = []
     for index, (tally, faces) in run_bounded(score_unit, work, units(), scheduler=scheduler,
-                                             num_workers=num_workers):
+                                             workers=num_workers):
         seams.add(index, faces)
         tallies.append(tally)
         if len(tallies) >= MERGE_EVERY:

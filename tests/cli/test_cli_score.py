@@ -95,9 +95,9 @@ def test_score_unreachable_scheduler_exit_2_in_bounded_time(tmp_path, monkeypatc
     import time
 
     pytest.importorskip("distributed")
-    from rockseg.metrics import running
+    from rockseg import cluster
 
-    monkeypatch.setattr(running, "CONNECT_TIMEOUT_S", 2)
+    monkeypatch.setattr(cluster, "CONNECT_TIMEOUT", 2)
     zarr.create_array(store=str(tmp_path / "a.zarr"), shape=(4, 5, 6), chunks=(4, 5, 6), dtype="uint8")
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))

@@ -69,7 +69,7 @@ def test_statistics_on_a_dask_cluster_equal_those_of_threads(tmp_path):
     """predict --scheduler reads the statistics' pieces on the cluster's worker processes: the same numbers as
     threads of this process, for an exact histogram and for the sampled float path alike."""
     distributed = pytest.importorskip("distributed")
-    from rockseg.inference.cluster import map_batches
+    from rockseg.cluster import map_batches
     from rockseg.io.intensity import intensity_stats
 
     rng = np.random.default_rng(4)

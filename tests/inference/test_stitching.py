@@ -211,7 +211,7 @@ def test_unreachable_scheduler_exits_2_within_a_bounded_wait(tmp_path, boxsum, m
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         address = f"tcp://127.0.0.1:{s.getsockname()[1]}"
-    monkeypatch.setattr("rockseg.inference.cluster.CONNECT_TIMEOUT", 2.0)
+    monkeypatch.setattr("rockseg.cluster.CONNECT_TIMEOUT", 2.0)
     start = time.perf_counter()
     result = CliRunner().invoke(app, ["stitch", str(tmp_path / "p.zarr"), "-o", str(tmp_path / "f.zarr"),
                                       "--scheduler", address])

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from rockseg.errors import InputError
-from rockseg.metrics.running import run_bounded
+from rockseg.cluster import run_bounded
 
 
 def test_threads_keep_a_bounded_number_in_flight():
@@ -30,7 +30,7 @@ def test_threads_keep_a_bounded_number_in_flight():
             done.append(value)
         return shared + value
 
-    results = dict(run_bounded(task, 1, items(), num_workers=3))
+    results = dict(run_bounded(task, 1, items(), workers=3))
     assert results == {i: 1 + i * i for i in range(40)}
     assert most[0] <= 2 * 3  # the items are drawn as slots free up, never all at once
 
@@ -49,6 +49,6 @@ def test_an_error_in_a_task_comes_through_and_stops_drawing():
         return value
 
     with pytest.raises(InputError, match="label 300"):
-        for _ in run_bounded(task, None, items(), num_workers=2):
+        for _ in run_bounded(task, None, items(), workers=2):
             pass
     assert len(drawn) < 100
