@@ -60,13 +60,16 @@ from rockseg.training.augment import preset
 from rockseg.training.checkpoints import _check_outputs, _fingerprint, _load_checkpoint, _restore
 from rockseg.training.curve import write_curve
 from rockseg.training.data import _Part, _read_parts
+from rockseg.training.finetune import _Init, init_arch_args, resolve_init
 from rockseg.training.distributed import _barrier, _Dist, _start_distributed, _stop_distributed
 from rockseg.training.hardware import _Placement, _placement, _torch_threads, training_memory_format
 from rockseg.training.loop import _Run
 from rockseg.training.losses import parse_class_weights, parse_loss
 from rockseg.training.network import _build, _plain
 from rockseg.training.regions import _load_regions, _Regions
-from rockseg.training.settings import TrainConfig, curve_path_for, halo_for, log_path_for, tile_for
+from rockseg.training.settings import (
+    TrainConfig, curve_path_for, halo_for, log_path_for, network_arch, tile_for,
+)
 from rockseg.training.tileset import read_tiles
 
 
@@ -155,6 +158,7 @@ class _Plan:
     weights_file: Path | None
     phases: dict[int, str]
     regions: _Regions | None  # fresh random patches from these; None: the stored tiles
+    init: _Init | None = None  # the model file the run starts from (fine-tuning)
 
     @property
     def sampling(self) -> str:
@@ -171,7 +175,11 @@ def _plan(
     out_path, ckpt_path = _check_outputs(out, overwrite=overwrite, resume=resume)
     attrs, arrays = read_tiles(tiles)
     tile_dims, size, classes = int(attrs["dims"]), int(attrs["size"]), int(attrs["classes"])
-    arch_args, divisor = _network_args(config, tiles, dims=dims, tile_dims=tile_dims, size=size, classes=classes)
+    _check_dims(tiles, dims=dims, tile_dims=tile_dims)
+    init = None
+    if config.init is not None:
+        config, init = resolve_init(config, tiles, dims=tile_dims, classes=classes)
+    arch_args, divisor = _network_args(config, tiles, size=size, classes=classes, tile_dims=tile_dims, init=init)
     parts, source_stats = _read_parts(tiles, attrs, arrays)
     counts = (attrs.get("class_counts") or {}).get("train")
     if not (isinstance(counts, list) and len(counts) == classes):
@@ -183,25 +191,32 @@ def _plan(
         config=config, tiles=tiles, out_path=out_path, ckpt_path=ckpt_path, resume=resume, device=device,
         attrs=attrs, parts=parts, source_stats=source_stats, dims=tile_dims, size=size, classes=classes,
         arch_args=arch_args, divisor=divisor, class_weights=class_weights, weights_file=weights_file,
-        phases={int(k): str(v) for k, v in attrs[stores.ATTR_PHASES].items()}, regions=regions,
+        phases={int(k): str(v) for k, v in attrs[stores.ATTR_PHASES].items()}, regions=regions, init=init,
     )
 
 
-def _network_args(
-    config: TrainConfig, tiles: Any, *, dims: int | None, tile_dims: int, size: int, classes: int,
-) -> tuple[dict[str, Any], int]:
-    """The network's arguments for the tile set and its divisor; ``dims`` and the tile size must fit them."""
+def _check_dims(tiles: Any, *, dims: int | None, tile_dims: int) -> None:
+    """``dims``, when given, must be the tile set's."""
     if dims is not None and dims != tile_dims:
         raise InputError(
             f"--dims {dims} does not match tile set {tiles}, which holds {tile_dims}D tiles: "
             f"drop --dims or re-make the tiles with 'rockseg tile --dims {dims}'"
         )
+
+
+def _network_args(
+    config: TrainConfig, tiles: Any, *, tile_dims: int, size: int, classes: int, init: _Init | None,
+) -> tuple[dict[str, Any], int]:
+    """The network's arguments for the tile set (the init model's, when there is one) and its divisor; the tile
+    size must fit it."""
     arch_args: dict[str, Any] = dict(spatial_dims=tile_dims, in_channels=1, classes=classes,
                                      base_channels=config.base_channels, depth=config.depth, norm=config.norm,
                                      act=config.act)
     if config.encoder is not None:
         arch_args["encoder"] = config.encoder  # only when given: architectures without encoders take no such argument
-    divisor = models.tile_multiple(config.arch, arch_args)
+    if init is not None:
+        arch_args = init_arch_args(init, classes=classes)
+    divisor = models.tile_multiple(network_arch(config.arch), arch_args)
     if size % divisor:
         raise InputError(
             f"tile set {tiles} has tiles of {size} voxels but --arch {config.arch} with --depth {config.depth} "
@@ -236,7 +251,7 @@ def _fit(
     # fork_rng keeps the caller's global torch RNG state untouched while the seed fixes weight initialisation.
     with _torch_threads(place.threads), torch.random.fork_rng(devices=fork_devices):
         torch.manual_seed(config.seed)
-        net, setup = _build(config, plan.arch_args, plan.weights_file)
+        net, setup = _build(config, plan.arch_args, plan.weights_file, plan.init)
         run = _Run(
             net.to(place.device, memory_format=training_memory_format(plan.dims)), plan.parts, config=config,
             classes=plan.classes, phases=plan.phases, device=place.device, bf16=place.bf16,
@@ -298,7 +313,7 @@ def _write_model(plan: _Plan, run: _Run, training: Mapping[str, Any]) -> None:
     config = plan.config
     tile = tile_for(plan.size, plan.dims, multiple=plan.divisor)
     save_model_file(
-        plan.out_path, run.net.cpu(), arch=config.arch, arch_args=plan.arch_args, spatial_dims=plan.dims,
+        plan.out_path, run.net.cpu(), arch=network_arch(config.arch), arch_args=plan.arch_args, spatial_dims=plan.dims,
         in_channels=1, phases=plan.phases, normalization=dict(plan.source_stats[0]), tile=tile, halo=halo_for(tile),
         training=_plain(training),
     )
