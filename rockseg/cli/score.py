@@ -31,6 +31,7 @@ def score(
     report_slice: Annotated[Optional[str], typer.Option(help="slice drawn in the report: z, y=120... (default: middle z)")] = None,
     workers: Annotated[Optional[int], typer.Option(min=1, help="threads (default: one per core)")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing --report folder")] = False,
+    unlabelled: Annotated[Optional[int], typer.Option(min=0, max=255, help="truth voxels of this label are unlabelled (sparse labels, e.g. 255) and count for nothing, as outside a --mask")] = None,
 ) -> None:
     """Per-phase IoU, Dice, precision, recall, fractions and Euler numbers, chunk by chunk."""
     from rockseg.errors import InputError
@@ -41,6 +42,7 @@ def score(
     result = score_stores(
         pred, truth, connectivity=int(connectivity.value), crop=crop, phases=phases, ignore=ignore or (), mask=mask,
         per_slice=per_slice, report=report, report_slice=report_slice, num_workers=workers, overwrite=overwrite,
+        unlabelled=unlabelled,
     )
     if json_out:
         print(json.dumps(result))

@@ -76,6 +76,7 @@ class _Run:
     previous_elapsed: float = 0.0
     train_seconds: float = 0.0
     regions: _Regions | None = None  # fresh random patches from these, else the stored tiles
+    ignore: int | None = None  # the label of unlabelled voxels (sparse labels): no loss, no validation count
 
     def __post_init__(self) -> None:
         c = self.config
@@ -84,7 +85,7 @@ class _Run:
         self.optimizer = _optimizer(c, params)
         self.scheduler = _scheduler(c, self.optimizer)
         self.criterion = loss_function(c.loss, class_weights=self.class_weights, focal_gamma=c.focal_gamma,
-                                       iou_alpha=c.iou_alpha, device=self.device)
+                                       iou_alpha=c.iou_alpha, device=self.device, ignore=self.ignore)
         self.augment = preset(c.augment)
         self.steps = _steps_per_epoch(c, len(self.parts["train"]), self.dist_info.world)
         self.warmup_steps = c.warmup_epochs * self.steps
@@ -304,7 +305,7 @@ class _Run:
         indices = np.arange(d.rank, len(val), d.world)
         confusion, euler_sums = _validation_counts(self.net, val, classes=self.classes, device=self.device,
                                                    batch_size=max(self.config.batch_size, 8), bf16=self.bf16,
-                                                   indices=indices)
+                                                   indices=indices, ignore=self.ignore)
         on = d.reduce_on(self.device)
         confusion = _reduce(torch.from_numpy(confusion).to(on), d).cpu().numpy()
         euler_sums = _reduce(torch.from_numpy(euler_sums).to(on), d).cpu().numpy()

@@ -70,7 +70,7 @@ from rockseg.training.regions import _load_regions, _Regions
 from rockseg.training.settings import (
     TrainConfig, curve_path_for, halo_for, log_path_for, network_arch, tile_for,
 )
-from rockseg.training.tileset import read_tiles
+from rockseg.training.tileset import ignored_label, read_tiles
 
 
 def train(
@@ -159,6 +159,7 @@ class _Plan:
     phases: dict[int, str]
     regions: _Regions | None  # fresh random patches from these; None: the stored tiles
     init: _Init | None = None  # the model file the run starts from (fine-tuning)
+    ignore: int | None = None  # the label of unlabelled voxels (sparse labels), when the tile set holds some
 
     @property
     def sampling(self) -> str:
@@ -192,6 +193,7 @@ def _plan(
         attrs=attrs, parts=parts, source_stats=source_stats, dims=tile_dims, size=size, classes=classes,
         arch_args=arch_args, divisor=divisor, class_weights=class_weights, weights_file=weights_file,
         phases={int(k): str(v) for k, v in attrs[stores.ATTR_PHASES].items()}, regions=regions, init=init,
+        ignore=ignored_label(attrs),
     )
 
 
@@ -257,6 +259,7 @@ def _fit(
             classes=plan.classes, phases=plan.phases, device=place.device, bf16=place.bf16,
             class_weights=plan.class_weights, dist_info=dist_info, fingerprint=fingerprint,
             ckpt_path=plan.ckpt_path, log_path=log_path_for(plan.out_path), t0=t0, regions=plan.regions,
+            ignore=plan.ignore,
         )
         if checkpoint is not None:
             _restore(run, checkpoint)
@@ -292,6 +295,7 @@ def _summary(
         "train_tiles": len(plan.parts["train"]),
         "sampling": plan.sampling,
         "val_tiles": len(plan.parts["val"]),
+        "unlabelled": plan.ignore,
         "tile_split": plan.attrs.get("split"),
         "tile_sources": len(plan.source_stats),
         "loss_terms": list(parse_loss(config.loss)),
