@@ -17,7 +17,7 @@ from rockseg.progress import interactive
 from rockseg.vocabulary import ARCH_NAMES, Act, Augment, Loss, Norm, Optimizer, Precision, Sampling, Schedule
 
 #: ``--arch``: the registered networks and ``pix2pix`` (a unet generator trained against a PatchGAN discriminator).
-TrainArch = Enum("TrainArch", {name: name for name in ARCH_NAMES}, type=str)
+TrainArch = Enum("TrainArch", {name: name for name in (*ARCH_NAMES, "pix2pix")}, type=str)
 
 
 @app.command()
@@ -26,8 +26,9 @@ def train(
     tiles: Annotated[Path, typer.Argument(help="tile set written by 'rockseg tile'")],
     out: Annotated[Path, typer.Option("-o", "--out", help="model file to write (.pt); MODEL.log.jsonl, MODEL.ckpt and MODEL.curve.png go beside it")],
     dims: Annotated[Optional[int], typer.Option(min=2, max=3, help="2 or 3; must match the tile set (default: its dims)")] = None,
-    arch: Annotated[Optional[TrainArch], typer.Option(help="network architecture (default unet, or the --init model's)")] = None,
+    arch: Annotated[Optional[TrainArch], typer.Option(help="network architecture (default unet, or the --init model's); pix2pix: a unet trained against a PatchGAN discriminator, written as a plain unet")] = None,
     init: Annotated[Optional[str], typer.Option(help="start from this rockseg model file or shipped model ('default', 'pore-solid-3d-realistic'...) instead of random weights; its network is used, a new output layer for another number of phases")] = None,
+    gan_weight: Annotated[float, typer.Option(help="--arch pix2pix: weight of the adversarial term added to --loss")] = 0.01,
     freeze_encoder_epochs: Annotated[int, typer.Option(min=0, help="train only the decoder for the first N epochs (any network), then all of it")] = 0,
     encoder: Annotated[Optional[str], typer.Option(help="encoder backbone: resnet18, resnet34, vgg11 or vgg16 (default: the architecture's own)")] = None,
     encoder_weights: Annotated[Optional[Path], typer.Option(help="local file of pretrained encoder weights (nothing is downloaded)")] = None,
@@ -103,7 +104,7 @@ def train(
 
     tune_allocator()
     config = TrainConfig(
-        arch=_value(arch), init=init, freeze_encoder_epochs=freeze_encoder_epochs, encoder=encoder, encoder_weights=str(encoder_weights) if encoder_weights else None,
+        arch=_value(arch), init=init, freeze_encoder_epochs=freeze_encoder_epochs, gan_weight=gan_weight, encoder=encoder, encoder_weights=str(encoder_weights) if encoder_weights else None,
         freeze_encoder=freeze_encoder, base_channels=base_channels, depth=depth, norm=_value(norm), act=_value(act),
         epochs=epochs, max_minutes=max_minutes, batch_size=batch_size, accumulate=accumulate, fraction=fraction,
         steps_per_epoch=steps_per_epoch, sampling=sampling.value, lr=lr, optimizer=optimizer.value,

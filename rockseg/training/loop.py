@@ -77,6 +77,7 @@ class _Run:
     train_seconds: float = 0.0
     regions: _Regions | None = None  # fresh random patches from these, else the stored tiles
     ignore: int | None = None  # the label of unlabelled voxels (sparse labels): no loss, no validation count
+    adversary: Any = None  # pix2pix: the discriminator (:class:`rockseg.training.adversarial._Adversary`)
 
     def __post_init__(self) -> None:
         c = self.config
@@ -276,7 +277,11 @@ class _Run:
                 with _autocast(self.device, self.bf16):
                     logits = self.model(x)
                 loss = self.criterion(logits.float(), y)
+                if self.adversary is not None:
+                    loss = loss + self.adversary.generator_term(x, logits.float())
                 (loss / c.accumulate if c.accumulate > 1 else loss).backward()
+            if self.adversary is not None:
+                self.adversary.discriminator_step(x, logits, y)
             running += loss.detach()
 
     def _check(

@@ -37,7 +37,7 @@ DEFAULT_EPOCHS = 50
 UNLIMITED_EPOCHS = 1_000_000
 #: ``--arch`` values training takes beyond :data:`rockseg.models.ARCHITECTURES`: ``pix2pix`` trains a ``unet``
 #: generator against a PatchGAN discriminator (:mod:`rockseg.training.adversarial`) and writes the generator.
-TRAINING_ONLY_ARCHS: dict[str, str] = {}
+TRAINING_ONLY_ARCHS = {"pix2pix": "unet"}
 #: The network settings an ``init`` model file decides when they are left None, and their defaults without one.
 NETWORK_DEFAULTS = {"arch": "unet", "base_channels": 16, "depth": 3, "norm": "batch", "act": "relu"}
 
@@ -66,6 +66,7 @@ class TrainConfig:
         number of phases the output layer is new, the rest kept (:mod:`rockseg.training.finetune`).
     freeze_encoder_epochs : train only the decoder for this many first epochs (any network: a backbone encoder,
         or the contracting path of a plain one), then everything; 0 = never.
+    gan_weight : for ``arch="pix2pix"``, the weight of the adversarial term added to ``loss``.
     encoder : backbone of the encoder (a key of ``rockseg.models.ENCODERS``, e.g. ``"resnet34"``), or None for the
         architecture's own.
     encoder_weights : local file of pretrained encoder weights (never downloaded).
@@ -148,6 +149,7 @@ class TrainConfig:
     loader_threads: int = 1
     init: str | None = None
     freeze_encoder_epochs: int = 0
+    gan_weight: float = 0.01
 
     def __post_init__(self) -> None:
         if self.init is None:  # without an init model the network settings are the defaults
@@ -208,6 +210,7 @@ class TrainConfig:
             _check_number("weight-decay", self.weight_decay, positive=False, example="1e-4")
         _check_number("focal-gamma", self.focal_gamma, positive=False, example="2")
         _check_number("iou-alpha", self.iou_alpha, positive=True, example="1")
+        _check_number("gan-weight", self.gan_weight, positive=False, example="0.01")
         if not (_is_number(self.fraction) and 0 < self.fraction <= 1):
             raise InputError(f"--fraction {self.fraction!r} must be above 0 and at most 1, e.g. 0.2 for a fifth of the tiles")
         if self.fraction != 1 and self.steps_per_epoch is not None:

@@ -56,6 +56,7 @@ from rockseg.devices import resolve_device
 from rockseg.errors import InputError, MissingInputError
 from rockseg.io import stores
 from rockseg.models import save_model_file
+from rockseg.training.adversarial import _Adversary
 from rockseg.training.augment import preset
 from rockseg.training.checkpoints import _check_outputs, _fingerprint, _load_checkpoint, _restore
 from rockseg.training.curve import write_curve
@@ -259,7 +260,7 @@ def _fit(
             classes=plan.classes, phases=plan.phases, device=place.device, bf16=place.bf16,
             class_weights=plan.class_weights, dist_info=dist_info, fingerprint=fingerprint,
             ckpt_path=plan.ckpt_path, log_path=log_path_for(plan.out_path), t0=t0, regions=plan.regions,
-            ignore=plan.ignore,
+            ignore=plan.ignore, adversary=_adversary(plan, place, dist_info),
         )
         if checkpoint is not None:
             _restore(run, checkpoint)
@@ -271,6 +272,18 @@ def _fit(
                     f"their size bound): training on its stored patches, as --sampling fixed does")
         run.fit(progress=progress and dist_info.main, log=log if dist_info.main else None)
     return run, setup, checkpoint
+
+
+def _adversary(plan: _Plan, place: _Placement, dist_info: _Dist) -> _Adversary | None:
+    """The discriminator of a pix2pix run (built from the seeded RNG after the network), else None."""
+    if plan.config.arch != "pix2pix":
+        return None
+    if dist_info.world > 1:
+        raise InputError("--arch pix2pix trains in one process (its discriminator is not synchronised): run it "
+                         "without torchrun")
+    c = plan.config
+    return _Adversary(dims=plan.dims, classes=plan.classes, size=plan.size, device=place.device, bf16=place.bf16,
+                      lr=c.lr, weight=c.gan_weight, ignore=plan.ignore)
 
 
 def _summary(
@@ -308,6 +321,9 @@ def _summary(
         "effective_batch": config.batch_size * config.accumulate * dist_info.world,
         "resumed_from": None if checkpoint is None else int(checkpoint["epoch"]),
         "divisor": plan.divisor,
+        **({"discriminator": {"layers": run.adversary.net.layers, "gan_weight": config.gan_weight,
+                              "parameters": sum(p.numel() for p in run.adversary.net.parameters())}}
+           if run.adversary is not None else {}),
         **setup,
     }
 
