@@ -92,10 +92,13 @@ def train(
           --encoder-weights resnet34.pth --freeze-encoder --loss focal+dice
           --class-weights balanced --schedule cosine --augment strong
     \b
-      Fine-tune the shipped 3D model on a few labelled slices of your scan, the
-      encoder frozen for the first 5 epochs:
-        rockseg tile image.zarr labels.zarr -o t3.zarr --dims 3 --size 64
+      Fine-tune the shipped 3D model on a few labelled slices of your scan (the
+      other voxels 255: unlabelled), the encoder frozen for the first 5 epochs:
+        rockseg tile image.zarr labels.zarr -o t3.zarr --dims 3 --size 64 --unlabelled 255
         rockseg train t3.zarr -o tuned.pt --init default --freeze-encoder-epochs 5 --max-minutes 20
+    \b
+      pix2pix (a UNet against a PatchGAN discriminator; writes a plain unet):
+        rockseg train t2.zarr -o p2p.pt --arch pix2pix --gan-weight 0.01 --max-minutes 30
     \b
     Several GPUs or processes: torchrun --standalone --nproc_per_node 4 -m rockseg train ...
     A killed job continues where its last epoch ended: the same command plus --resume.
