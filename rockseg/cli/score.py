@@ -32,6 +32,7 @@ def score(
     workers: Annotated[Optional[int], typer.Option(min=1, help="threads (default: one per core; not used with --scheduler)")] = None,
     scheduler: Annotated[Optional[str], typer.Option(help="address of a Dask scheduler (tcp://HOST:8786) to score on, instead of this machine's threads")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing --report folder")] = False,
+    unlabelled: Annotated[Optional[int], typer.Option(min=0, max=255, help="truth voxels of this label are unlabelled (sparse labels, e.g. 255) and count for nothing, as outside a --mask")] = None,
 ) -> None:
     """Per-phase IoU, Dice, precision, recall, fractions and Euler numbers, chunk by chunk."""
     from rockseg.errors import InputError
@@ -43,6 +44,7 @@ def score(
         pred, truth, connectivity=int(connectivity.value), crop=crop, phases=phases, ignore=ignore or (), mask=mask,
         per_slice=per_slice, report=report, report_slice=report_slice, num_workers=workers, overwrite=overwrite,
         scheduler=scheduler,
+        unlabelled=unlabelled,
     )
     if json_out:
         print(json.dumps(result))

@@ -27,9 +27,16 @@ def tile(
     phases: Annotated[Optional[str], typer.Option(help="phase names, e.g. 0=pore,1=clay,2=quartz")] = None,
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
     balance: Annotated[bool, typer.Option(help="centre half the patches on voxels of a phase drawn uniformly, so rare phases are seen (--no-balance: uniform positions)")] = True,
+    unlabelled: Annotated[int, typer.Option(min=-1, max=255, help="label value of unlabelled voxels (sparse labels: a few labelled slices or scribbles): patches are centred on labelled voxels and training ignores the rest; -1: none, every value is a phase")] = 255,
     overwrite: Annotated[bool, typer.Option(help="replace an existing output")] = False,
 ) -> None:
-    """Sample training patches with a validation split spatially disjoint from training."""
+    """Sample training patches with a validation split spatially disjoint from training.
+
+    \b
+    Sparse labels: mark the voxels nobody labelled with 255 (--unlabelled sets
+    another value), e.g. label every 10th slice; the patches are then centred on
+    labelled voxels and training and validation ignore the unlabelled ones.
+    """
     from rockseg.io.stores import parse_phases
     from rockseg.training import make_tiles, split_pairs
     from rockseg.training.tileset import REGION_MAX_BYTES
@@ -38,13 +45,16 @@ def tile(
     s = make_tiles(
         images, labels, out, dims=dims, size=size, count=count, val_fraction=val_fraction, crop=crop or None,
         seed=seed, phases=parse_phases(phases) or None, axis=axis.value if axis else None, balance=balance,
-        overwrite=overwrite,
+        unlabelled=None if unlabelled < 0 else unlabelled, overwrite=overwrite,
     )
     across = f" across {s['slice_axis']}" if dims == 2 else ""
     out_console.print(
         f"wrote {out}: {s['train']} training and {s['val']} validation {dims}D patches{across} of edge {size} "
         f"from {s['sources']} image/label pair(s), {s['sampling']} sampling"
     )
+    if s["unlabelled_voxels"]:
+        out_console.print(f"sparse labels: {s['unlabelled_voxels']} unlabelled voxels (label {unlabelled}) in the tiles and "
+                          f"training regions, ignored by training; patches centred on labelled voxels")
     mib = s["region_bytes"] / 2**20
     if s["regions"]:
         out_console.print(f"stored the training regions ({mib:.0f} MiB): train draws fresh random patches from them")

@@ -6,6 +6,7 @@ The command function is over 80 lines only because ``train`` has many options (o
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -13,7 +14,10 @@ import typer
 
 from rockseg.cli.common import app, command, log, out_console, tune_allocator
 from rockseg.progress import interactive
-from rockseg.vocabulary import Act, Arch, Augment, Loss, Norm, Optimizer, Precision, Sampling, Schedule
+from rockseg.vocabulary import ARCH_NAMES, Act, Augment, Loss, Norm, Optimizer, Precision, Sampling, Schedule
+
+#: ``--arch``: the registered networks and ``pix2pix`` (a unet generator trained against a PatchGAN discriminator).
+TrainArch = Enum("TrainArch", {name: name for name in (*ARCH_NAMES, "pix2pix")}, type=str)
 
 
 @app.command()
@@ -22,14 +26,17 @@ def train(
     tiles: Annotated[Path, typer.Argument(help="tile set written by 'rockseg tile'")],
     out: Annotated[Path, typer.Option("-o", "--out", help="model file to write (.pt); MODEL.log.jsonl, MODEL.ckpt and MODEL.curve.png go beside it")],
     dims: Annotated[Optional[int], typer.Option(min=2, max=3, help="2 or 3; must match the tile set (default: its dims)")] = None,
-    arch: Annotated[Arch, typer.Option(help="network architecture")] = Arch.unet,
+    arch: Annotated[Optional[TrainArch], typer.Option(help="network architecture (default unet, or the --init model's); pix2pix: a unet trained against a PatchGAN discriminator, written as a plain unet")] = None,
+    init: Annotated[Optional[str], typer.Option(help="start from this rockseg model file or shipped model ('default', 'pore-solid-3d-realistic'...) instead of random weights; its network is used, a new output layer for another number of phases")] = None,
+    gan_weight: Annotated[float, typer.Option(help="--arch pix2pix: weight of the adversarial term added to --loss")] = 0.01,
+    freeze_encoder_epochs: Annotated[int, typer.Option(min=0, help="train only the decoder for the first N epochs (any network), then all of it")] = 0,
     encoder: Annotated[Optional[str], typer.Option(help="encoder backbone: resnet18, resnet34, vgg11 or vgg16 (default: the architecture's own)")] = None,
     encoder_weights: Annotated[Optional[Path], typer.Option(help="local file of pretrained encoder weights (nothing is downloaded)")] = None,
     freeze_encoder: Annotated[bool, typer.Option(help="train only the decoder; the encoder stays as loaded")] = False,
-    base_channels: Annotated[int, typer.Option(min=1, help="channels of the first level")] = 16,
-    depth: Annotated[Optional[int], typer.Option(min=1, max=6, help="down-sampling steps (default: planned from the tile size, pooling down to a 4-voxel bottleneck: 48 -> 3, 64 -> 4)")] = None,
-    norm: Annotated[Norm, typer.Option(help="normalisation layers")] = Norm.batch,
-    act: Annotated[Act, typer.Option(help="activation")] = Act.relu,
+    base_channels: Annotated[Optional[int], typer.Option(min=1, help="channels of the first level (default 16, or the --init model's)")] = None,
+    depth: Annotated[Optional[int], typer.Option(min=1, max=6, help="down-sampling steps (default: planned from the tile size, pooling down to a 4-voxel bottleneck: 48 -> 3, 64 -> 4; or the --init model's)")] = None,
+    norm: Annotated[Optional[Norm], typer.Option(help="normalisation layers (default batch, or the --init model's)")] = None,
+    act: Annotated[Optional[Act], typer.Option(help="activation (default relu, or the --init model's)")] = None,
     epochs: Annotated[Optional[int], typer.Option(min=1, help="maximum epochs (default 50; no limit with --max-minutes: the time budget decides)")] = None,
     max_minutes: Annotated[Optional[float], typer.Option(help="stop after this wall time, keeping the best model")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="tiles per forward pass (per process under torchrun)")] = 4,
@@ -86,6 +93,14 @@ def train(
           --encoder-weights resnet34.pth --freeze-encoder --loss focal+dice
           --class-weights balanced --schedule cosine --augment strong
     \b
+      Fine-tune the shipped 3D model on a few labelled slices of your scan (the
+      other voxels 255: unlabelled), the encoder frozen for the first 5 epochs:
+        rockseg tile image.zarr labels.zarr -o t3.zarr --dims 3 --size 64 --unlabelled 255
+        rockseg train t3.zarr -o tuned.pt --init default --freeze-encoder-epochs 5 --max-minutes 20
+    \b
+      pix2pix (a UNet against a PatchGAN discriminator; writes a plain unet):
+        rockseg train t2.zarr -o p2p.pt --arch pix2pix --gan-weight 0.01 --max-minutes 30
+    \b
     Several GPUs or processes: torchrun --standalone --nproc_per_node 4 -m rockseg train ...
     A killed job continues where its last epoch ended: the same command plus --resume.
     """
@@ -93,8 +108,8 @@ def train(
 
     tune_allocator()
     config = TrainConfig(
-        arch=arch.value, encoder=encoder, encoder_weights=str(encoder_weights) if encoder_weights else None,
-        freeze_encoder=freeze_encoder, base_channels=base_channels, depth=depth, norm=norm.value, act=act.value,
+        arch=_value(arch), init=init, freeze_encoder_epochs=freeze_encoder_epochs, gan_weight=gan_weight, encoder=encoder, encoder_weights=str(encoder_weights) if encoder_weights else None,
+        freeze_encoder=freeze_encoder, base_channels=base_channels, depth=depth, norm=_value(norm), act=_value(act),
         epochs=epochs, max_minutes=max_minutes, batch_size=batch_size, accumulate=accumulate, fraction=fraction,
         steps_per_epoch=steps_per_epoch, sampling=sampling.value, lr=lr, optimizer=optimizer.value,
         weight_decay=weight_decay, schedule=schedule.value, min_lr=min_lr, cosine_epochs=cosine_epochs,
@@ -109,3 +124,7 @@ def train(
             f"wrote {out}: best validation mean IoU {summary['best_val_mean_iou']:.4f} at epoch "
             f"{summary['best_epoch']} ({summary['epochs']} epochs, {summary['seconds']:.0f} s)"
         )
+
+
+def _value(choice: Enum | None) -> str | None:
+    return None if choice is None else str(choice.value)

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from rockseg.io.stores import open_volume, parse_crop, parse_phases, phases_of
 from rockseg.metrics.report import check_report_dir, parse_report_slice, write_report
 from rockseg.metrics.score import score_volumes
@@ -31,6 +33,7 @@ def score_stores(
     num_workers: int | None = None,
     overwrite: bool = False,
     scheduler: str | None = None,
+    unlabelled: int | None = None,
 ) -> dict[str, Any]:
     """The score document of the label store ``pred`` (against ``truth`` when given), as ``score --json`` prints.
 
@@ -44,6 +47,8 @@ def score_stores(
     p = open_volume(where(pred), name="prediction")
     t = open_volume(where(truth), name="truth") if truth is not None else None
     m = open_volume(where(mask), name="mask") if mask is not None else None
+    if unlabelled is not None and t is not None:  # sparse truth: its unlabelled voxels are left out, as a mask does
+        m, mask = _Labelled(t, unlabelled, m), f"{mask or truth} (truth voxels {unlabelled} are unlabelled)"
     named = parse_phases(phases)
     names = named or phases_of(p) or (phases_of(t) if t is not None else {})
     region = parse_crop(crop, p.shape) if crop else None
@@ -59,3 +64,16 @@ def score_stores(
         write_report(Path(report), doc=result, pred=p, truth=t, mask=m, crop=region, view=view, pred_name=str(pred),
                      truth_name=str(truth), mask_name=str(mask), overwrite=overwrite)
     return result
+
+
+class _Labelled:
+    """A mask computed block by block: nonzero where the truth is labelled (not ``unlabelled``) and ``mask``, if
+    given, is nonzero (``score --unlabelled``: sparse labels)."""
+
+    def __init__(self, truth: Any, unlabelled: int, mask: Any = None) -> None:
+        self.truth, self.unlabelled, self.mask = truth, int(unlabelled), mask
+        self.shape, self.dtype, self.ndim = tuple(truth.shape), np.dtype(bool), len(truth.shape)
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        keep = np.asarray(self.truth[index]) != self.unlabelled
+        return keep if self.mask is None else keep & (np.asarray(self.mask[index]) != 0)

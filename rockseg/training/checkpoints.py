@@ -29,6 +29,8 @@ CHECKPOINT_FORMAT = "rockseg-checkpoint"
 CHECKPOINT_VERSION = 1
 #: Settings that may change when a run is resumed (the rest must match the checkpoint).
 RESUMABLE_CHANGES = ("epochs", "max_minutes", "device", "num_threads", "loader_threads")
+#: Settings added after checkpoints were first written, with the values older checkpoints ran with.
+_NEW_SETTINGS = {"init": None, "freeze_encoder_epochs": 0, "gan_weight": 0.01}
 
 
 def _check_outputs(out: Any, *, overwrite: bool, resume: bool) -> tuple[Path, Path]:
@@ -64,7 +66,8 @@ def _load_checkpoint(path: Path, fingerprint: Mapping[str, Any]) -> dict[str, An
     if int(ckpt.get("format_version", 0)) > CHECKPOINT_VERSION:
         raise InputError(f"checkpoint {path} is from a newer rockseg: upgrade rockseg, or start again with --overwrite")
     # Checkpoints from before --sampling trained on the stored tiles: that is what they resume.
-    old = {"sampling": "fixed", **ckpt.get("settings", {})}
+    # Those from before --init, --freeze-encoder-epochs and --gan-weight had their defaults.
+    old = {"sampling": "fixed", **_NEW_SETTINGS, **ckpt.get("settings", {})}
     coarse = ("tiles", "tile_counts", "world_size")  # the coarsest difference is the one to report
     for key in sorted(set(old) | set(fingerprint), key=lambda k: (k not in coarse, coarse.index(k) if k in coarse else 0, k)):
         if old.get(key) != fingerprint.get(key):
@@ -89,6 +92,7 @@ def _write_checkpoint(run: _Run) -> None:
                 **({"cuda": torch.cuda.get_rng_state(run.device)} if run.device.type == "cuda" else {})},
         "best": run.best, "history": run.history,
         "elapsed": run.elapsed(), "train_seconds": run.train_seconds,
+        **({"adversary": run.adversary.state_dict()} if run.adversary is not None else {}),
     }
     tmp = run.ckpt_path.with_name(f".{run.ckpt_path.name}.partial")
     torch.save(payload, tmp)
@@ -111,3 +115,5 @@ def _restore(run: _Run, ckpt: Mapping[str, Any]) -> None:
     run.best = dict(ckpt["best"])
     run.previous_elapsed = float(ckpt.get("elapsed", 0.0))
     run.train_seconds = float(ckpt.get("train_seconds", 0.0))
+    if run.adversary is not None and ckpt.get("adversary") is not None:
+        run.adversary.load_state_dict(ckpt["adversary"])

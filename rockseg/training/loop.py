@@ -31,6 +31,7 @@ from rockseg.errors import InputError
 from rockseg.training.augment import preset
 from rockseg.training.checkpoints import _write_checkpoint
 from rockseg.training.data import _load_batch, _Part, _Prefetcher
+from rockseg.training.finetune import encoder_modules, set_trainable
 from rockseg.training.distributed import _broadcast_buffers, _Dist, _reduce, _wrap
 from rockseg.training.hardware import _autocast
 from rockseg.training.losses import loss_function
@@ -75,6 +76,8 @@ class _Run:
     previous_elapsed: float = 0.0
     train_seconds: float = 0.0
     regions: _Regions | None = None  # fresh random patches from these, else the stored tiles
+    ignore: int | None = None  # the label of unlabelled voxels (sparse labels): no loss, no validation count
+    adversary: Any = None  # pix2pix: the discriminator (:class:`rockseg.training.adversarial._Adversary`)
 
     def __post_init__(self) -> None:
         c = self.config
@@ -83,12 +86,15 @@ class _Run:
         self.optimizer = _optimizer(c, params)
         self.scheduler = _scheduler(c, self.optimizer)
         self.criterion = loss_function(c.loss, class_weights=self.class_weights, focal_gamma=c.focal_gamma,
-                                       iou_alpha=c.iou_alpha, device=self.device)
+                                       iou_alpha=c.iou_alpha, device=self.device, ignore=self.ignore)
         self.augment = preset(c.augment)
         self.steps = _steps_per_epoch(c, len(self.parts["train"]), self.dist_info.world)
         self.warmup_steps = c.warmup_epochs * self.steps
         self.deadline = self.t0 + 60.0 * c.max_minutes if c.max_minutes is not None else math.inf
         self.pin = self.device.type == "cuda"
+        # encoder frozen for the first epochs: its modules, and whether its gradients are dropped (under torchrun)
+        self.encoder = encoder_modules(self.net) if c.freeze_encoder or c.freeze_encoder_epochs else []
+        self.drop_encoder_grads = False
 
     def elapsed(self) -> float:
         """Seconds of the run so far, the parts before a resume included (as their checkpoint recorded them)."""
@@ -206,8 +212,7 @@ class _Run:
         """One epoch of optimizer steps; returns (loss sum, batches, steps done, last lr, stop for time)."""
         c, d = self.config, self.dist_info
         self.model.train()
-        if c.freeze_encoder:
-            self.net.encoder.eval()  # a frozen encoder keeps its normalisation statistics too
+        self._freeze(epoch)
         order, mine = self._epoch_plan(epoch)
         scheduled = [g["lr"] for g in self.optimizer.param_groups]
         running = torch.zeros((), dtype=torch.float64, device=self.device)
@@ -218,6 +223,9 @@ class _Run:
                          depth=2 * c.loader_threads + c.accumulate) as loader:
             for _ in range(self.steps):
                 self._accumulate(loader, running)
+                if self.drop_encoder_grads:
+                    for param in (p for m in self.encoder for p in m.parameters()):
+                        param.grad = None  # skipped by the optimizer: the encoder stays as it is
                 batches += c.accumulate
                 rates = self.scheduler.rates(self.progress()) if isinstance(self.scheduler, PolySchedule) else scheduled
                 _set_rates(self.optimizer, rates, self.optimizer_steps, self.warmup_steps)
@@ -235,6 +243,25 @@ class _Run:
                                       device=d.reduce_on(self.device)), d)
         return float(totals[0]), int(totals[1]), done, lr, stop
 
+    def _freeze(self, epoch: int) -> None:
+        """Freeze the encoder (weights and normalisation statistics) in ``epoch`` if it is one of the first
+        ``freeze_encoder_epochs`` (or always, with ``freeze_encoder``); train it again after them.
+
+        One process sets ``requires_grad`` (no encoder gradients are computed); under torchrun, whose
+        DistributedDataParallel expects every gradient it was built with, the encoder's gradients are dropped
+        before each optimizer step instead.
+        """
+        c = self.config
+        frozen = c.freeze_encoder or epoch <= c.freeze_encoder_epochs
+        if c.freeze_encoder_epochs and not c.freeze_encoder:
+            if self.dist_info.world == 1:
+                set_trainable(self.encoder, not frozen)
+            else:
+                self.drop_encoder_grads = frozen
+        if frozen:
+            for module in self.encoder:
+                module.eval()  # a frozen encoder keeps its normalisation statistics too
+
     def _accumulate(self, loader: Iterator[tuple[torch.Tensor, torch.Tensor]], running: torch.Tensor) -> None:
         """The forward and backward passes of one optimizer step: ``accumulate`` batches, their gradients summed.
 
@@ -250,7 +277,11 @@ class _Run:
                 with _autocast(self.device, self.bf16):
                     logits = self.model(x)
                 loss = self.criterion(logits.float(), y)
+                if self.adversary is not None:
+                    loss = loss + self.adversary.generator_term(x, logits.float())
                 (loss / c.accumulate if c.accumulate > 1 else loss).backward()
+            if self.adversary is not None:
+                self.adversary.discriminator_step(x, logits, y)
             running += loss.detach()
 
     def _check(
@@ -279,7 +310,7 @@ class _Run:
         indices = np.arange(d.rank, len(val), d.world)
         confusion, euler_sums = _validation_counts(self.net, val, classes=self.classes, device=self.device,
                                                    batch_size=max(self.config.batch_size, 8), bf16=self.bf16,
-                                                   indices=indices)
+                                                   indices=indices, ignore=self.ignore)
         on = d.reduce_on(self.device)
         confusion = _reduce(torch.from_numpy(confusion).to(on), d).cpu().numpy()
         euler_sums = _reduce(torch.from_numpy(euler_sums).to(on), d).cpu().numpy()

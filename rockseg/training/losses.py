@@ -5,6 +5,10 @@
 in :mod:`rockseg.vocabulary`): ``ce`` (:func:`torch.nn.functional.cross_entropy`), ``dice``
 (:func:`soft_dice_loss`), ``focal`` (:func:`focal_loss`), ``logiou`` (``-iou_alpha * log`` of
 :func:`soft_iou`) and ``cldice`` (:func:`soft_cldice_loss`, the topology-aware centreline Dice).
+
+Sparse labels: with ``ignore`` (the tile set's unlabelled value) every term leaves the voxels of that label out:
+cross-entropy and focal average over the labelled voxels only, and the overlap terms (Dice, IoU, clDice) see the
+probabilities and the one-hot target zeroed there (``valid`` masks), so an unlabelled voxel pulls nowhere.
 """
 
 from __future__ import annotations
@@ -85,14 +89,25 @@ def parse_class_weights(
     return weights
 
 
-def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def _prob_onehot(
+    logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax probabilities and one-hot target (N, C, *S), both zero where ``valid`` (N, *S) is False."""
+    prob = logits.softmax(1)
+    onehot = F.one_hot(target, prob.shape[1]).movedim(-1, 1).to(prob.dtype)
+    if valid is not None:
+        keep = valid.unsqueeze(1).to(prob.dtype)
+        prob, onehot = prob * keep, onehot * keep
+    return prob, onehot
+
+
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
     """1 - mean over classes of the soft Dice coefficient, summed over the batch and space (smoothing 1).
 
     ``dice_c = (2 sum(p_c y_c) + 1) / (sum p_c + sum y_c + 1)`` with ``p`` the softmax of the logits
-    (N, C, *S) and ``y`` the one-hot target (N, *S).
+    (N, C, *S) and ``y`` the one-hot target (N, *S); voxels where ``valid`` is False count nowhere.
     """
-    prob = logits.softmax(1)
-    onehot = F.one_hot(target, prob.shape[1]).movedim(-1, 1).to(prob.dtype)
+    prob, onehot = _prob_onehot(logits, target, valid)
     axes = (0, *range(2, prob.ndim))
     inter = (prob * onehot).sum(axes)
     denom = prob.sum(axes) + onehot.sum(axes)
@@ -102,13 +117,13 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 _soft_dice_loss = soft_dice_loss
 
 
-def soft_iou(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def soft_iou(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
     """Smoothed soft IoU (Jaccard) averaged over classes, summed over the batch and space.
 
-    ``iou_c = (sum(p_c y_c) + 1) / (sum(p_c + y_c - p_c y_c) + 1)``; returns the mean over classes.
+    ``iou_c = (sum(p_c y_c) + 1) / (sum(p_c + y_c - p_c y_c) + 1)``; returns the mean over classes. Voxels where
+    ``valid`` is False count nowhere.
     """
-    prob = logits.softmax(1)
-    onehot = F.one_hot(target, prob.shape[1]).movedim(-1, 1).to(prob.dtype)
+    prob, onehot = _prob_onehot(logits, target, valid)
     axes = (0, *range(2, prob.ndim))
     inter = (prob * onehot).sum(axes)
     union = prob.sum(axes) + onehot.sum(axes) - inter
@@ -149,16 +164,18 @@ def soft_skeleton(x: torch.Tensor, iterations: int = 3) -> torch.Tensor:
     return skeleton
 
 
-def soft_cldice_loss(logits: torch.Tensor, target: torch.Tensor, iterations: int = 3) -> torch.Tensor:
+def soft_cldice_loss(
+    logits: torch.Tensor, target: torch.Tensor, iterations: int = 3, valid: torch.Tensor | None = None,
+) -> torch.Tensor:
     """1 - mean over classes of the soft centreline Dice (clDice, Shit et al. 2021).
 
     For each class, topology precision is the share of the predicted skeleton inside the true phase and
     topology sensitivity the share of the true skeleton inside the predicted phase; clDice is their harmonic
     mean. A throat broken by the prediction cuts the true skeleton outside the predicted phase, so clDice drops
     although the overlap (Dice, IoU) barely changes: the term that makes a network keep thin connections.
+    With ``valid`` the skeletons are those of the labelled voxels only (both zeroed elsewhere).
     """
-    prob = logits.softmax(1)
-    onehot = F.one_hot(target, prob.shape[1]).movedim(-1, 1).to(prob.dtype)
+    prob, onehot = _prob_onehot(logits, target, valid)
     axes = (0, *range(2, prob.ndim))
     skel_pred, skel_true = soft_skeleton(prob, iterations), soft_skeleton(onehot, iterations)
     precision = ((skel_pred * onehot).sum(axes) + SMOOTH) / (skel_pred.sum(axes) + SMOOTH)
@@ -168,47 +185,59 @@ def soft_cldice_loss(logits: torch.Tensor, target: torch.Tensor, iterations: int
 
 def focal_loss(
     logits: torch.Tensor, target: torch.Tensor, *, gamma: float = 2.0, weight: torch.Tensor | None = None,
+    valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Focal loss of Lin et al. (2017): the mean of ``-w_y (1 - p_y)**gamma log p_y`` over voxels.
 
     With class weights ``w`` the mean is weighted like :func:`torch.nn.functional.cross_entropy`'s
     (divided by the sum of the weights of the targets), so ``gamma = 0`` gives exactly the weighted cross-entropy.
+    With ``valid`` the mean is over the voxels where it is True (0 when there are none).
     """
     logp = F.log_softmax(logits, 1).gather(1, target.unsqueeze(1)).squeeze(1)
     loss = -((1.0 - logp.exp()) ** gamma) * logp if gamma else -logp
-    if weight is None:
+    if weight is None and valid is None:
         return loss.mean()
-    w = weight.to(loss.dtype)[target]
+    w = torch.ones_like(loss) if weight is None else weight.to(loss.dtype)[target]
+    if valid is not None:
+        w = w * valid.to(loss.dtype)
+        return (w * loss).sum() / w.sum().clamp_min(torch.finfo(loss.dtype).tiny)
     return (w * loss).sum() / w.sum()
 
 
 def loss_function(
     kind: str, *, class_weights: Sequence[float] | None = None, focal_gamma: float = 2.0, iou_alpha: float = 1.0,
-    device: torch.device | str = "cpu",
+    device: torch.device | str = "cpu", ignore: int | None = None,
 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """The training loss ``f(logits (N, C, *S) float, target (N, *S) int64) -> scalar`` for ``kind``.
 
     ``kind`` is a "+"-sum of :data:`LOSS_TERMS`; ``logiou`` contributes ``-iou_alpha * log(soft_iou)``, so
     ``"ce+logiou"`` is the cross-entropy + α·log smoothed IoU loss. Class weights apply to ``ce`` and ``focal``.
+    Target voxels equal to ``ignore`` (unlabelled) count in no term.
     """
     terms = parse_loss(kind)
     weight = torch.tensor(class_weights, dtype=torch.float32, device=device) if class_weights is not None else None
 
-    def one(term: str, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def one(term: str, logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
         if term == "ce":
-            return F.cross_entropy(logits, target, weight=weight)
+            if valid is None:
+                return F.cross_entropy(logits, target, weight=weight)
+            return focal_loss(logits, target, gamma=0.0, weight=weight, valid=valid)
         if term == "dice":
-            return soft_dice_loss(logits, target)
+            return soft_dice_loss(logits, target, valid)
         if term == "focal":
-            return focal_loss(logits, target, gamma=focal_gamma, weight=weight)
+            return focal_loss(logits, target, gamma=focal_gamma, weight=weight, valid=valid)
         if term == "cldice":
-            return soft_cldice_loss(logits, target)
-        return -iou_alpha * torch.log(soft_iou(logits, target))
+            return soft_cldice_loss(logits, target, valid=valid)
+        return -iou_alpha * torch.log(soft_iou(logits, target, valid))
 
     def loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        total = one(terms[0], logits, target)
+        valid = None
+        if ignore is not None:
+            valid = target != ignore
+            target = torch.where(valid, target, 0)
+        total = one(terms[0], logits, target, valid)
         for term in terms[1:]:
-            total = total + one(term, logits, target)
+            total = total + one(term, logits, target, valid)
         return total
 
     return loss

@@ -15,13 +15,19 @@ from torch import nn
 
 from rockseg import models
 from rockseg.models import build_model
-from rockseg.training.settings import TrainConfig
+from rockseg.training.finetune import _Init, load_init
+from rockseg.training.settings import TrainConfig, network_arch
 
 
-def _build(config: TrainConfig, arch_args: Mapping[str, Any], weights_file: Path | None) -> tuple[nn.Module, dict]:
-    """Build the network (weights from the seeded torch RNG), load encoder weights and freeze as asked."""
-    model = build_model(config.arch, **arch_args)
+def _build(
+    config: TrainConfig, arch_args: Mapping[str, Any], weights_file: Path | None, init: _Init | None = None,
+) -> tuple[nn.Module, dict]:
+    """Build the network (weights from the seeded torch RNG), load the init model's or encoder weights and freeze
+    as asked."""
+    model = build_model(network_arch(config.arch), **arch_args)
     info: dict[str, Any] = {}
+    if init is not None:
+        info["init"] = _plain(init.summary(load_init(model, init, classes=int(arch_args["classes"]))))
     if weights_file is not None:
         loaded = models.load_encoder_weights(model, weights_file)
         info["encoder_weights"] = {"path": str(weights_file.resolve()), "sha256": models.file_sha256(weights_file),

@@ -11,7 +11,8 @@ the tile set drew its fixed ones (:meth:`_Regions.draw`):
   sampling is ``"balanced"``, the patch is centred on a voxel of a phase drawn uniformly among the phases present in
   the region (:func:`rockseg.training.sampling.mixed_origins`, with one
   :class:`~rockseg.training.sampling.ClassIndex` per region built at the start);
-- 2D tile sets draw planes across their slice axis.
+- 2D tile sets draw planes across their slice axis;
+- with sparse labels (unlabelled voxels in the regions) every patch is centred on a labelled voxel.
 
 Every patch lies inside its region, so no training patch touches a validation voxel. Each is normalised with its own
 pair's intensity statistics as the stored tiles are (:func:`rockseg.training.data.tile_normalization`), then
@@ -35,7 +36,7 @@ from rockseg.training.augment import AugmentConfig
 from rockseg.training.data import _as_batch, tile_normalization
 from rockseg.training.pairs import _PatchReader
 from rockseg.training.sampling import ClassIndex, Region, mixed_origins, patch_extent, scan_block
-from rockseg.training.tileset import read_regions
+from rockseg.training.tileset import ignored_label, read_regions
 from rockseg.vocabulary import AXES
 
 #: A balanced patch reads one block of its region's labels to find its centre: blocks of about this many voxels.
@@ -81,9 +82,10 @@ class _Regions:
             slab = tuple(slice(int(o), int(o) + n) for o, n in zip(origin, image.shape))
             reader = _PatchReader(image, labels, origin, squeeze)
             index = None
-            if self.share:
+            unlabelled = ignored_label(dict(attrs))
+            if self.share or unlabelled is not None:  # sparse labels: patches around labelled voxels
                 block = scan_block((1,) * ndim, image.shape, voxels=INDEX_BLOCK_VOXELS)
-                index = ClassIndex(reader.read_labels, slab, block, lab_path=path)
+                index = ClassIndex(reader.read_labels, slab, block, lab_path=path, unlabelled=unlabelled)
             self.regions.append(_Region(slab, reader, index))
         voxels = np.array([math.prod(image.shape) for _, image, _ in regions], np.float64)
         self.weights = voxels / voxels.sum()

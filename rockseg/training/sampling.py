@@ -12,6 +12,12 @@ phase's voxels, found block by block with a :class:`ClassIndex`), the other half
 (:func:`sample_origins`). A phase that fills 2% of a rock is then seen in a good share of the patches instead of
 almost never. A share of 0 gives uniform positions only.
 
+Sparse labels: a label volume may mark voxels as *unlabelled* (one value, 255 by default). When a slab holds
+unlabelled voxels, no patch is placed blindly: the uniform patches are centred on a labelled voxel drawn
+uniformly among all labelled voxels (:func:`labelled_origins`), the balanced ones on a voxel of a phase drawn
+among the labelled phases, so every patch holds labelled voxels to learn from. A slab without unlabelled voxels
+is sampled exactly as before.
+
 :func:`mixed_origins` draws a mix of both kinds from a :class:`ClassIndex` built once: the fixed patches of a tile
 set (:func:`draw_origins`) and the fresh patches of every training step (:mod:`rockseg.training.regions`) come
 from it.
@@ -42,6 +48,8 @@ BALANCED_SHARE = 0.5
 BLOCK_VOXELS = 2**22
 
 Region = tuple[slice, ...]
+#: Default label of unlabelled voxels (``tile --unlabelled``): never a phase, ignored by training and validation.
+UNLABELLED = 255
 
 
 def default_counts(train_voxels: int, val_voxels: int, patch_voxels: int, count: int | None) -> tuple[int, int]:
@@ -206,13 +214,16 @@ class ClassIndex:
     region : the region to index, one slice per axis.
     block : block shape; blocks sit on a grid aligned at multiples of it in image coordinates.
     lab_path : the label store, for messages.
+    unlabelled : the label of unlabelled voxels (never drawn), or None.
     """
 
     def __init__(
-        self, read: Callable[[Region], np.ndarray], region: Sequence[slice], block: Sequence[int], *, lab_path: Path
+        self, read: Callable[[Region], np.ndarray], region: Sequence[slice], block: Sequence[int], *, lab_path: Path,
+        unlabelled: int | None = None,
     ) -> None:
         self.read = read
         self.lab_path = lab_path
+        self.unlabelled = unlabelled
         axes = [range((s.start // b) * b, s.stop, b) for s, b in zip(region, block)]
         self.blocks: list[Region] = [
             tuple(slice(max(a, s.start), min(a + b, s.stop)) for a, s, b in zip(corner, region, block))
@@ -236,8 +247,14 @@ class ClassIndex:
 
     @property
     def present(self) -> np.ndarray:
-        """The labels present in the region, ascending."""
-        return np.flatnonzero(self.totals)
+        """The labels present in the region, ascending (the unlabelled value left out)."""
+        present = np.flatnonzero(self.totals)
+        return present if self.unlabelled is None else present[present != self.unlabelled]
+
+    @property
+    def sparse(self) -> bool:
+        """Whether the region holds unlabelled voxels."""
+        return self.unlabelled is not None and bool(self.totals[self.unlabelled])
 
     def sample(self, classes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """One voxel of each label in ``classes`` (k,), drawn uniformly among its voxels: (k, ndim) int64."""
@@ -273,7 +290,23 @@ def balanced_origins(
     inside ``region``; the voxel is always inside its patch.
     """
     present = index.present
-    classes = present[rng.integers(0, len(present), size=count)]
+    return _centred(index, present[rng.integers(0, len(present), size=count)], region, extent, rng)
+
+
+def labelled_origins(
+    index: ClassIndex, region: Sequence[slice], extent: Sequence[int], count: int, rng: np.random.Generator
+) -> np.ndarray:
+    """``count`` patch corners (count, ndim) int64 centred on voxels drawn uniformly among all labelled voxels of
+    ``region`` (sparse labels: the uniform patches of :func:`mixed_origins`)."""
+    present = index.present
+    weights = index.totals[present] / index.totals[present].sum()
+    return _centred(index, present[rng.choice(len(present), size=count, p=weights)], region, extent, rng)
+
+
+def _centred(
+    index: ClassIndex, classes: np.ndarray, region: Sequence[slice], extent: Sequence[int], rng: np.random.Generator,
+) -> np.ndarray:
+    """Patch corners centred on one voxel of each label of ``classes``, shifted to stay inside ``region``."""
     centres = index.sample(classes, rng)
     ext = np.array(extent, np.int64)
     lows = np.array([s.start for s in region], np.int64)
@@ -283,18 +316,31 @@ def balanced_origins(
 
 def draw_origins(
     read_labels: Callable[[Region], np.ndarray], slab: Region, chunks: Sequence[int], extent: Sequence[int],
-    count: int, share: float, rng: np.random.Generator, *, lab_path: Path,
+    count: int, share: float, rng: np.random.Generator, *, lab_path: Path, unlabelled: int | None = None,
 ) -> np.ndarray:
     """``count`` patch corners (count, ndim) int64 in ``slab``, sorted by position.
 
     ``round(share * count)`` of them are class-balanced (:func:`balanced_origins`, with the labels read by
-    ``read_labels`` in blocks grown from the label store's ``chunks``), the rest uniform (:func:`sample_origins`).
+    ``read_labels`` in blocks grown from the label store's ``chunks``), the rest uniform (:func:`sample_origins`;
+    around labelled voxels when the slab holds ``unlabelled`` ones).
+
+    Raises
+    ------
+    InputError
+        if every voxel of ``slab`` is ``unlabelled``.
     """
     n_bal = int(round(share * count))
     index = None
-    if n_bal:  # indexing the labels draws nothing from ``rng``
+    if n_bal or unlabelled is not None:  # indexing the labels draws nothing from ``rng``
         block = scan_block(chunks, [b.stop - b.start for b in slab])
-        index = ClassIndex(read_labels, slab, block, lab_path=lab_path)
+        index = ClassIndex(read_labels, slab, block, lab_path=lab_path, unlabelled=unlabelled)
+        if not len(index.present):
+            where = ",".join(f"{b.start}:{b.stop}" for b in slab)
+            raise InputError(
+                f"labels {lab_path} have no labelled voxel in region {where} (every voxel there is the unlabelled "
+                f"value {unlabelled}): label some voxels there (the validation slab is the far end of the split "
+                f"axis too), --crop to the labelled part, or give the right --unlabelled value"
+            )
     return mixed_origins(index, slab, extent, count, n_bal, rng)
 
 
@@ -307,12 +353,18 @@ def mixed_origins(
     finds in ``region`` (:func:`balanced_origins`).
 
     Both :func:`draw_origins` (the fixed patches of a tile set) and the fresh patches of each training step
-    (:mod:`rockseg.training.regions`) draw their corners here.
+    (:mod:`rockseg.training.regions`) draw their corners here. When ``index`` finds unlabelled voxels in
+    ``region``, the uniform corners are :func:`labelled_origins` instead.
     """
-    origins = sample_origins(region, extent, count - balanced, rng)
+    sparse = index is not None and index.sparse
+    if sparse:
+        origins = labelled_origins(index, region, extent, count - balanced, rng)
+    else:
+        origins = sample_origins(region, extent, count - balanced, rng)
     if balanced:
         if index is None:
             raise ValueError("balanced patch corners need a ClassIndex of the region")
         origins = np.concatenate([origins, balanced_origins(index, region, extent, balanced, rng)])
+    if balanced or sparse:
         origins = origins[np.lexsort(origins.T[::-1])]
     return origins

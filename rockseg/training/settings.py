@@ -35,6 +35,16 @@ def _choice(name: str, value: Any, choices: Sequence[str]) -> None:
 DEFAULT_EPOCHS = 50
 #: Epochs of a run with ``--max-minutes`` and without ``--epochs``: in effect no limit, the time budget decides.
 UNLIMITED_EPOCHS = 1_000_000
+#: ``--arch`` values training takes beyond :data:`rockseg.models.ARCHITECTURES`: ``pix2pix`` trains a ``unet``
+#: generator against a PatchGAN discriminator (:mod:`rockseg.training.adversarial`) and writes the generator.
+TRAINING_ONLY_ARCHS = {"pix2pix": "unet"}
+#: The network settings an ``init`` model file decides when they are left None, and their defaults without one.
+NETWORK_DEFAULTS = {"arch": "unet", "base_channels": 16, "depth": None, "norm": "batch", "act": "relu"}
+
+
+def network_arch(arch: str) -> str:
+    """The architecture of :data:`rockseg.models.ARCHITECTURES` a training ``--arch`` builds (pix2pix: unet)."""
+    return TRAINING_ONLY_ARCHS.get(arch, arch)
 
 
 @dataclass(frozen=True)
@@ -43,12 +53,20 @@ class TrainConfig:
 
     Attributes
     ----------
-    arch : architecture name, a key of :data:`rockseg.models.ARCHITECTURES`.
+    arch : architecture name, a key of :data:`rockseg.models.ARCHITECTURES`, or ``"pix2pix"`` (a ``unet``
+        generator trained against a PatchGAN discriminator; the model file holds the generator as a ``unet``).
     base_channels : channels of the first level of the network.
     depth : down-sampling steps; the tile size must be a multiple of the network's divisor (``2**depth`` for a
         UNet). None (the default): planned from the tile size, see :mod:`rockseg.training.planning`.
     norm : ``"batch"``, ``"instance"`` or ``"none"``.
-    act : ``"relu"`` or ``"elu"``.
+    act : ``"relu"`` or ``"elu"``. These five network settings (:data:`NETWORK_DEFAULTS`) may be left None: the
+        ``init`` model's, or the defaults without one. Given with ``init``, each must equal the init model's.
+    init : a rockseg model file (or a shipped model's name, ``"default"`` the shipped default) whose weights start
+        the run instead of random ones (fine-tuning); its network settings are used. For a tile set with another
+        number of phases the output layer is new, the rest kept (:mod:`rockseg.training.finetune`).
+    freeze_encoder_epochs : train only the decoder for this many first epochs (any network: a backbone encoder,
+        or the contracting path of a plain one), then everything; 0 = never.
+    gan_weight : for ``arch="pix2pix"``, the weight of the adversarial term added to ``loss``.
     encoder : backbone of the encoder (a key of ``rockseg.models.ENCODERS``, e.g. ``"resnet34"``), or None for the
         architecture's own.
     encoder_weights : local file of pretrained encoder weights (never downloaded).
@@ -96,11 +114,11 @@ class TrainConfig:
     loader_threads : background threads preparing batches (read, normalise, augment).
     """
 
-    arch: str = "unet"
-    base_channels: int = 16
+    arch: str | None = None
+    base_channels: int | None = None
     depth: int | None = None
-    norm: str = "batch"
-    act: str = "relu"
+    norm: str | None = None
+    act: str | None = None
     encoder: str | None = None
     encoder_weights: str | None = None
     freeze_encoder: bool = False
@@ -129,8 +147,17 @@ class TrainConfig:
     seed: int = 0
     num_threads: int | None = None
     loader_threads: int = 1
+    init: str | None = None
+    freeze_encoder_epochs: int = 0
+    gan_weight: float = 0.01
 
     def __post_init__(self) -> None:
+        if self.init is None:  # without an init model the network settings are the defaults
+            for name, default in NETWORK_DEFAULTS.items():
+                if getattr(self, name) is None:
+                    object.__setattr__(self, name, default)
+        elif isinstance(self.init, os.PathLike):
+            object.__setattr__(self, "init", os.fspath(self.init))
         if self.epochs is None:
             object.__setattr__(self, "epochs", DEFAULT_EPOCHS if self.max_minutes is None else UNLIMITED_EPOCHS)
         # Older callers passed augment=True/False; paths and weight lists are kept as plain strings (JSON, model file).
@@ -143,29 +170,32 @@ class TrainConfig:
 
     def check(self) -> None:
         """Raise :class:`InputError` for the first bad setting, naming the option and the fix."""
-        _choice("arch", self.arch, list(ARCHITECTURES))
+        if self.arch is not None:
+            _choice("arch", self.arch, [*ARCHITECTURES, *TRAINING_ONLY_ARCHS])
         parse_loss(self.loss)
         for name, value, choices in (("norm", self.norm, NORMS), ("act", self.act, ACTIVATIONS),
                                      ("optimizer", self.optimizer, OPTIMIZERS), ("schedule", self.schedule, SCHEDULES),
                                      ("precision", self.precision, PRECISIONS), ("augment", self.augment, AUGMENTS),
                                      ("sampling", self.sampling, SAMPLINGS)):
-            _choice(name, value, choices)
+            if value is not None:  # network settings left to the init model
+                _choice(name, value, choices)
         if self.encoder is not None:
             encoders = list(getattr(models, "ENCODERS", ()))
             if not encoders:
                 raise InputError(f"--encoder {self.encoder!r}: this rockseg has no encoder backbones: leave --encoder out")
             _choice("encoder", self.encoder, encoders)
-        if self.depth is not None:
-            _check_int("depth", self.depth, 1)
-        for name, value in (("base-channels", self.base_channels), ("epochs", self.epochs),
-                            ("batch-size", self.batch_size), ("accumulate", self.accumulate),
+        for name, value in (("epochs", self.epochs), ("batch-size", self.batch_size), ("accumulate", self.accumulate),
                             ("cosine-epochs", self.cosine_epochs), ("loader-threads", self.loader_threads)):
             _check_int(name, value, 1)
-        for name, value in (("steps-per-epoch", self.steps_per_epoch), ("num-threads", self.num_threads)):
+        for name, value in (("steps-per-epoch", self.steps_per_epoch), ("num-threads", self.num_threads),
+                            ("base-channels", self.base_channels), ("depth", self.depth)):
             if value is not None:
                 _check_int(name, value, 1)
-        for name, value in (("warmup-epochs", self.warmup_epochs), ("patience", self.patience), ("seed", self.seed)):
+        for name, value in (("warmup-epochs", self.warmup_epochs), ("patience", self.patience), ("seed", self.seed),
+                            ("freeze-encoder-epochs", self.freeze_encoder_epochs)):
             _check_int(name, value, 0)
+        if self.init is not None and not str(self.init).strip():
+            raise InputError("--init is empty: give a rockseg model file or a shipped model's name, or leave it out")
         _check_number("lr", self.lr, positive=True, example="1e-3")
         _check_number("min-lr", self.min_lr, positive=False, example="1e-5")
         if self.schedule == "exp" and not 0 < self.min_lr <= self.lr:
@@ -180,6 +210,7 @@ class TrainConfig:
             _check_number("weight-decay", self.weight_decay, positive=False, example="1e-4")
         _check_number("focal-gamma", self.focal_gamma, positive=False, example="2")
         _check_number("iou-alpha", self.iou_alpha, positive=True, example="1")
+        _check_number("gan-weight", self.gan_weight, positive=False, example="0.01")
         if not (_is_number(self.fraction) and 0 < self.fraction <= 1):
             raise InputError(f"--fraction {self.fraction!r} must be above 0 and at most 1, e.g. 0.2 for a fifth of the tiles")
         if self.fraction != 1 and self.steps_per_epoch is not None:
@@ -193,15 +224,21 @@ class TrainConfig:
             raise InputError("--encoder-weights is empty: give the path of a local weights file, or leave it out")
         for name, given in (("encoder-weights", self.encoder_weights is not None),
                             ("freeze-encoder", self.freeze_encoder)):
-            if given and self.encoder is None:
+            if given and self.encoder is None and self.init is None:  # an init model may bring its encoder
                 raise InputError(
                     f"--{name} needs a backbone encoder: add --encoder (one of "
                     f"{', '.join(getattr(models, 'ENCODERS', ())) or 'none in this rockseg'}), or leave --{name} out"
                 )
-        if self.encoder is not None and "encoder" not in inspect.signature(ARCHITECTURES[self.arch]).parameters:
+        if self.encoder is not None and self.arch is not None and \
+                "encoder" not in inspect.signature(ARCHITECTURES[network_arch(self.arch)]).parameters:
             takes = [a for a, f in ARCHITECTURES.items() if "encoder" in inspect.signature(f).parameters]
             raise InputError(
                 f"--arch {self.arch} takes no --encoder: leave --encoder out, or use one of {', '.join(takes)}"
+            )
+        if self.init is not None and self.encoder_weights is not None:
+            raise InputError(
+                f"--init {self.init} and --encoder-weights {self.encoder_weights} both give the starting weights: "
+                f"give only one of them"
             )
         parse_class_weights(self.class_weights)
         resolve_device(self.device)

@@ -18,7 +18,8 @@ Tile set layout (format version 3)
 ``train/image``, ``val/image`` : (N, *patch) arrays in the images' dtype (float32 when the pairs' dtypes
     differ); ``patch`` is (size, size) for 2D tiles and (size, size, size) for 3D tiles. A 2D tile cut across
     axis ``y`` of a (Z, Y, X) volume holds the (Z, X) plane, across ``x`` the (Z, Y) plane.
-``train/labels``, ``val/labels`` : (N, *patch) uint8.
+``train/labels``, ``val/labels`` : (N, *patch) uint8; voxels of the ``unlabelled`` value (sparse labels) are kept
+    as that value.
 ``train/origins``, ``val/origins`` : (N, image.ndim) int64, the corner of each patch in the coordinates of its
     own image (a 2D tile across ``y`` from a (Z, Y, X) stack covers ``[z:z+size, y, x:x+size]``).
 ``train/source``, ``val/source`` : (N,) uint8, the index in ``sources`` of the pair each patch comes from.
@@ -33,7 +34,9 @@ and ``labels`` paths, ``intensity`` statistics of that whole image for normalisa
 ``train_region`` ([[start, stop], ...] per image axis)), ``regions`` (``stored``, ``bytes``, ``max_bytes`` and, when
 stored, ``class_counts``: voxels per label in all regions), ``sampling`` (``method`` ``"balanced"`` or ``"uniform"``
 and ``balanced_share``), ``counts``, ``class_counts`` (voxels per label in the tiles of each part) and
-``class_fractions`` (the same as shares), ``val_fraction``, ``seed``, ``voxel_size``/``voxel_unit`` when the first
+``class_fractions`` (the same as shares), ``unlabelled`` (the label of unlabelled voxels, or None: every value a
+phase) and ``unlabelled_voxels`` ({"train", "val", "regions"}: how many the tiles and regions hold; training ignores
+them when there are some), ``val_fraction``, ``seed``, ``voxel_size``/``voxel_unit`` when the first
 image has them, and ``rockseg`` (provenance). For readers of version 1, ``intensity``, ``split`` and ``source``
 (image and labels paths) repeat those of the first pair.
 
@@ -56,7 +59,8 @@ from rockseg.errors import InputError, MissingInputError
 from rockseg.io import stores
 from rockseg.io.intensity import intensity_stats
 from rockseg.training.sampling import (
-    BALANCED_SHARE, _check_label_range, default_counts, draw_origins, patch_extent, plan_split, share_counts,
+    BALANCED_SHARE, UNLABELLED, _check_label_range, default_counts, draw_origins, patch_extent, plan_split,
+    share_counts,
 )
 from rockseg.training.pairs import (
     PathLike, _check_options, _merge_phases, _open_sources, _PatchReader, _Source,
@@ -88,6 +92,7 @@ def make_tiles(
     phases: dict[int, str] | None = None,
     axis: str | None = None,
     balance: bool = True,
+    unlabelled: int | None = UNLABELLED,
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """Sample training and validation patches from one or several image/label pairs and write a tile set.
@@ -117,6 +122,9 @@ def make_tiles(
     balance : centre half the patches of each slab on a voxel of a phase drawn uniformly among the phases
         present (so rare phases are seen); False gives uniform random positions. Needs one pass over the labels
         of each slab.
+    unlabelled : the label of unlabelled voxels (sparse labels: a few labelled slices or scribbles), 0..255 and
+        not a phase label; None makes every value a phase. Where a slab holds unlabelled voxels every patch is
+        centred on a labelled voxel (:mod:`rockseg.training.sampling`); training and validation ignore them.
     overwrite : replace an existing ``out``.
 
     Returns
@@ -125,7 +133,8 @@ def make_tiles(
         ``classes``, ``phases``, ``split`` (of the first pair), ``sources`` (number of pairs), ``sampling``
         (``"balanced"`` or ``"uniform"``), ``fractions`` ({"train"/"val": {name: share of tile voxels}}),
         ``regions`` (True when the training regions are stored; False when their ``region_bytes`` exceed
-        :data:`REGION_MAX_BYTES`, and training will use the fixed patches).
+        :data:`REGION_MAX_BYTES`, and training will use the fixed patches), ``unlabelled`` (the value) and
+        ``unlabelled_voxels`` (how many the tiles and regions hold).
 
     Raises
     ------
@@ -139,8 +148,9 @@ def make_tiles(
     out_path = Path(out)
     sources = _open_sources(image, labels, crop, out=out_path, overwrite=overwrite, dims=dims, size=size,
                             slice_axis=slice_axis)
+    unlabelled = _check_unlabelled_option(unlabelled)
     plan = _plan(sources, dims=dims, size=size, slice_axis=slice_axis, count=count, val_fraction=float(val_fraction),
-                 seed=seed, phases=phases, balance=balance)
+                 seed=seed, phases=phases, balance=balance, unlabelled=unlabelled)
     attrs = _write_tile_set(out_path, sources, plan, overwrite=overwrite)
     names = {int(k): v for k, v in attrs[stores.ATTR_PHASES].items()}
     fractions = {part: {names[k]: f for k, f in enumerate(fr)} for part, fr in attrs["class_fractions"].items()}
@@ -149,7 +159,18 @@ def make_tiles(
         "val": plan.totals["val"], "classes": attrs["classes"], "phases": names, "split": sources[0].split,
         "sources": len(sources), "sampling": attrs["sampling"]["method"], "fractions": fractions,
         "regions": plan.regions, "region_bytes": int(plan.region_bytes),
+        "unlabelled": plan.unlabelled, "unlabelled_voxels": sum(attrs["unlabelled_voxels"].values()),
     }
+
+
+def _check_unlabelled_option(unlabelled: Any) -> int | None:
+    """``unlabelled`` as an int 0..255 (or None)."""
+    if unlabelled is None:
+        return None
+    if isinstance(unlabelled, bool) or not isinstance(unlabelled, (int, np.integer)) or \
+            not 0 <= unlabelled <= MAX_LABEL:
+        raise InputError(f"--unlabelled {unlabelled!r} must be a label value 0..{MAX_LABEL} (default {UNLABELLED})")
+    return int(unlabelled)
 
 
 @dataclass(frozen=True)
@@ -170,6 +191,7 @@ class _TilePlan:
     val_fraction: float
     seed: int
     region_bytes: int  # image + labels of the training regions of all pairs
+    unlabelled: int | None = None  # label of unlabelled voxels
 
     @property
     def regions(self) -> bool:
@@ -179,7 +201,7 @@ class _TilePlan:
 
 def _plan(
     sources: Sequence[_Source], *, dims: int, size: int, slice_axis: str | None, count: int | None,
-    val_fraction: float, seed: int, phases: dict[int, str] | None, balance: bool,
+    val_fraction: float, seed: int, phases: dict[int, str] | None, balance: bool, unlabelled: int | None,
 ) -> _TilePlan:
     """Split each pair into slabs and share out the patches (both set on ``sources``); agree on phases and dtype.
 
@@ -198,6 +220,11 @@ def _plan(
         src.counts = {part: shares[part][i] for part in shares}
 
     given = _merge_phases(sources, phases)
+    if unlabelled in given:
+        raise InputError(
+            f"--unlabelled {unlabelled} is also the phase {given[unlabelled]!r} (label {unlabelled}): give the value "
+            f"that marks unlabelled voxels, one no phase has (default {UNLABELLED})"
+        )
     for src in sources:
         src.attrs = dict(src.image.attrs)
         stats = src.attrs.get(stores.ATTR_INTENSITY)
@@ -214,6 +241,7 @@ def _plan(
         totals={part: sum(shares[part]) for part in shares}, given=given, dtype=tile_dtype,
         per_chunk=max(1, CHUNK_BYTES // (math.prod(patch) * max(tile_dtype.itemsize, 1))),
         share=BALANCED_SHARE if balance else 0.0, val_fraction=val_fraction, seed=seed, region_bytes=region_bytes,
+        unlabelled=unlabelled,
     )
 
 
@@ -223,15 +251,18 @@ def _write_tile_set(out: Path, sources: Sequence[_Source], plan: _TilePlan, *, o
     Raises
     ------
     InputError
-        if the patches hold fewer than two phases (nothing is written then).
+        if the patches hold fewer than two phases, or the unlabelled value is a phase label (nothing is written
+        then).
     """
     rng = np.random.default_rng(plan.seed)
     hist = {}
+    unlabelled = plan.unlabelled
     with stores.atomic_output(out, overwrite=overwrite) as tmp:
         group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
         for part in ("train", "val"):
             hist[part] = _write_part(group, part, sources, plan, rng)
-        present = np.flatnonzero(hist["train"] + hist["val"])
+        missing = {part: int(h[unlabelled]) if unlabelled is not None else 0 for part, h in hist.items()}
+        present = _phases_in(hist["train"] + hist["val"], unlabelled)
         if len(present) < 2:
             where = ", ".join(str(src.lab_path) for src in sources)
             raise InputError(
@@ -241,13 +272,32 @@ def _write_tile_set(out: Path, sources: Sequence[_Source], plan: _TilePlan, *, o
         top = present.max()
         region_hist = _write_regions(group, sources) if plan.regions else None
         if region_hist is not None:  # a phase no fixed patch caught may still be in a random one
-            top = max(top, np.flatnonzero(region_hist).max())
+            top = max(top, _phases_in(region_hist, unlabelled).max())
+            missing["regions"] = int(region_hist[unlabelled]) if unlabelled is not None else 0
         classes = int(max(top, max(plan.given, default=0))) + 1
+        _check_unlabelled(unlabelled, classes, sources)
         attrs = _tile_set_attrs(sources, plan, {part: hist[part][:classes].tolist() for part in hist})
+        attrs["unlabelled_voxels"] = missing
         if region_hist is not None:
             attrs["regions"]["class_counts"] = region_hist[:classes].tolist()
         group.attrs.update(attrs)
     return attrs
+
+
+def _phases_in(hist: np.ndarray, unlabelled: int | None) -> np.ndarray:
+    """The labels a histogram holds, the unlabelled value left out."""
+    present = np.flatnonzero(hist)
+    return present if unlabelled is None else present[present != unlabelled]
+
+
+def _check_unlabelled(unlabelled: int | None, classes: int, sources: Sequence[_Source]) -> None:
+    """The unlabelled value must not be a phase label (labels are 0..classes-1)."""
+    if unlabelled is not None and unlabelled < classes:
+        where = ", ".join(str(src.lab_path) for src in sources)
+        raise InputError(
+            f"--unlabelled {unlabelled} is also a phase label of {where} (phases 0..{classes - 1}): give the value "
+            f"that marks unlabelled voxels, above the phases (default {UNLABELLED})"
+        )
 
 
 def _region_chunks(shape: Sequence[int]) -> tuple[int, ...]:
@@ -310,6 +360,7 @@ def _tile_set_attrs(
         "counts": plan.totals,
         "class_counts": class_counts,
         "class_fractions": class_fractions,
+        "unlabelled": plan.unlabelled,
         "val_fraction": plan.val_fraction,
         "seed": int(plan.seed),
         stores.ATTR_SOURCE: {"image": str(first.img_path.resolve()), "labels": str(first.lab_path.resolve())},
@@ -346,7 +397,7 @@ def _write_part(
         k = src.counts[part]
         reader = _PatchReader.for_region(src.image, src.labels, slab, plan.squeeze)
         origins = draw_origins(reader.read_labels, slab, src.labels.shards or src.labels.chunks, plan.extent, k,
-                               plan.share, rng, lab_path=src.lab_path)
+                               plan.share, rng, lab_path=src.lab_path, unlabelled=plan.unlabelled)
         all_origins.append(origins)
         all_sources.append(np.full(k, s, np.uint8))
         for origin in origins:
@@ -452,7 +503,7 @@ def read_tiles(path: PathLike) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
             )
         arrays[f"{part}/image"] = np.asarray(img[...])
         arrays[f"{part}/labels"] = np.asarray(lab[...])
-        top = int(arrays[f"{part}/labels"].max())
+        top = _top_label(arrays[f"{part}/labels"], attrs.get("unlabelled"))
         if top >= classes:
             raise InputError(f"tile set {p}: {part}/labels hold label {top} but classes is {classes}")
         if src is None:
@@ -506,8 +557,22 @@ def read_regions(path: PathLike, attrs: dict[str, Any]) -> list[tuple[tuple[int,
                 f"labels): re-make it with 'rockseg tile', or train with --sampling fixed"
             )
         labels = np.asarray(lab[...])
-        top = int(labels.max())
+        top = _top_label(labels, attrs.get("unlabelled"))
         if top >= classes:
             raise InputError(f"tile set {path}: regions/{s}/labels hold label {top} but classes is {classes}")
         out.append((tuple(int(a) for a, _ in bounds), np.asarray(img[...]), labels))
     return out
+
+
+def _top_label(labels: np.ndarray, unlabelled: int | None) -> int:
+    """The highest phase label in ``labels`` (uint8), the unlabelled value left out; -1 for none."""
+    hist = np.bincount(labels.ravel(), minlength=MAX_LABEL + 1)
+    present = _phases_in(hist, unlabelled)
+    return int(present.max()) if len(present) else -1
+
+
+def ignored_label(attrs: dict[str, Any]) -> int | None:
+    """The label training and validation ignore: the tile set's unlabelled value when its tiles or regions hold
+    unlabelled voxels, else None (dense labels train exactly as before sparse labels existed)."""
+    unlabelled, counts = attrs.get("unlabelled"), attrs.get("unlabelled_voxels") or {}
+    return int(unlabelled) if unlabelled is not None and any(int(n) for n in counts.values()) else None

@@ -56,10 +56,12 @@ from rockseg.devices import resolve_device
 from rockseg.errors import InputError, MissingInputError
 from rockseg.io import stores
 from rockseg.models import save_model_file
+from rockseg.training.adversarial import _Adversary
 from rockseg.training.augment import preset
 from rockseg.training.checkpoints import _check_outputs, _fingerprint, _load_checkpoint, _restore
 from rockseg.training.curve import write_curve
 from rockseg.training.data import _Part, _read_parts
+from rockseg.training.finetune import _Init, init_arch_args, resolve_init
 from rockseg.training.distributed import _barrier, _Dist, _start_distributed, _stop_distributed
 from rockseg.training.hardware import _Placement, _placement, _torch_threads, training_memory_format
 from rockseg.training.loop import _Run
@@ -67,8 +69,10 @@ from rockseg.training.losses import parse_class_weights, parse_loss
 from rockseg.training.network import _build, _plain
 from rockseg.training.planning import plan_depth
 from rockseg.training.regions import _load_regions, _Regions
-from rockseg.training.settings import TrainConfig, curve_path_for, halo_for, log_path_for, tile_for
-from rockseg.training.tileset import read_tiles
+from rockseg.training.settings import (
+    TrainConfig, curve_path_for, halo_for, log_path_for, network_arch, tile_for,
+)
+from rockseg.training.tileset import ignored_label, read_tiles
 
 
 def train(
@@ -156,6 +160,8 @@ class _Plan:
     weights_file: Path | None
     phases: dict[int, str]
     regions: _Regions | None  # fresh random patches from these; None: the stored tiles
+    init: _Init | None = None  # the model file the run starts from (fine-tuning)
+    ignore: int | None = None  # the label of unlabelled voxels (sparse labels), when the tile set holds some
 
     @property
     def sampling(self) -> str:
@@ -172,7 +178,11 @@ def _plan(
     out_path, ckpt_path = _check_outputs(out, overwrite=overwrite, resume=resume)
     attrs, arrays = read_tiles(tiles)
     tile_dims, size, classes = int(attrs["dims"]), int(attrs["size"]), int(attrs["classes"])
-    arch_args, divisor = _network_args(config, tiles, dims=dims, tile_dims=tile_dims, size=size, classes=classes)
+    _check_dims(tiles, dims=dims, tile_dims=tile_dims)
+    init = None
+    if config.init is not None:
+        config, init = resolve_init(config, tiles, dims=tile_dims, classes=classes)
+    arch_args, divisor = _network_args(config, tiles, size=size, classes=classes, tile_dims=tile_dims, init=init)
     parts, source_stats = _read_parts(tiles, attrs, arrays)
     counts = (attrs.get("class_counts") or {}).get("train")
     if not (isinstance(counts, list) and len(counts) == classes):
@@ -184,27 +194,35 @@ def _plan(
         config=config, tiles=tiles, out_path=out_path, ckpt_path=ckpt_path, resume=resume, device=device,
         attrs=attrs, parts=parts, source_stats=source_stats, dims=tile_dims, size=size, classes=classes,
         arch_args=arch_args, divisor=divisor, class_weights=class_weights, weights_file=weights_file,
-        phases={int(k): str(v) for k, v in attrs[stores.ATTR_PHASES].items()}, regions=regions,
+        phases={int(k): str(v) for k, v in attrs[stores.ATTR_PHASES].items()}, regions=regions, init=init,
+        ignore=ignored_label(attrs),
     )
 
 
-def _network_args(
-    config: TrainConfig, tiles: Any, *, dims: int | None, tile_dims: int, size: int, classes: int,
-) -> tuple[dict[str, Any], int]:
-    """The network's arguments for the tile set and its divisor; ``dims`` and the tile size must fit them."""
+def _check_dims(tiles: Any, *, dims: int | None, tile_dims: int) -> None:
+    """``dims``, when given, must be the tile set's."""
     if dims is not None and dims != tile_dims:
         raise InputError(
             f"--dims {dims} does not match tile set {tiles}, which holds {tile_dims}D tiles: "
             f"drop --dims or re-make the tiles with 'rockseg tile --dims {dims}'"
         )
+
+
+def _network_args(
+    config: TrainConfig, tiles: Any, *, tile_dims: int, size: int, classes: int, init: _Init | None,
+) -> tuple[dict[str, Any], int]:
+    """The network's arguments for the tile set (the init model's, when there is one) and its divisor; the tile
+    size must fit it."""
     arch_args: dict[str, Any] = dict(spatial_dims=tile_dims, in_channels=1, classes=classes,
                                      base_channels=config.base_channels, depth=config.depth, norm=config.norm,
                                      act=config.act)
     if config.encoder is not None:
         arch_args["encoder"] = config.encoder  # only when given: architectures without encoders take no such argument
-    if config.depth is None:
-        arch_args["depth"] = plan_depth(config.arch, arch_args, size)
-    divisor = models.tile_multiple(config.arch, arch_args)
+    if init is not None:
+        arch_args = init_arch_args(init, classes=classes)
+    elif config.depth is None:
+        arch_args["depth"] = plan_depth(network_arch(config.arch), arch_args, size)
+    divisor = models.tile_multiple(network_arch(config.arch), arch_args)
     if size % divisor:
         raise InputError(
             f"tile set {tiles} has tiles of {size} voxels but --arch {config.arch} with --depth {arch_args['depth']} "
@@ -239,12 +257,13 @@ def _fit(
     # fork_rng keeps the caller's global torch RNG state untouched while the seed fixes weight initialisation.
     with _torch_threads(place.threads), torch.random.fork_rng(devices=fork_devices):
         torch.manual_seed(config.seed)
-        net, setup = _build(config, plan.arch_args, plan.weights_file)
+        net, setup = _build(config, plan.arch_args, plan.weights_file, plan.init)
         run = _Run(
             net.to(place.device, memory_format=training_memory_format(plan.dims)), plan.parts, config=config,
             classes=plan.classes, phases=plan.phases, device=place.device, bf16=place.bf16,
             class_weights=plan.class_weights, dist_info=dist_info, fingerprint=fingerprint,
             ckpt_path=plan.ckpt_path, log_path=log_path_for(plan.out_path), t0=t0, regions=plan.regions,
+            ignore=plan.ignore, adversary=_adversary(plan, place, dist_info),
         )
         if checkpoint is not None:
             _restore(run, checkpoint)
@@ -256,6 +275,18 @@ def _fit(
                     f"their size bound): training on its stored patches, as --sampling fixed does")
         run.fit(progress=progress and dist_info.main, log=log if dist_info.main else None)
     return run, setup, checkpoint
+
+
+def _adversary(plan: _Plan, place: _Placement, dist_info: _Dist) -> _Adversary | None:
+    """The discriminator of a pix2pix run (built from the seeded RNG after the network), else None."""
+    if plan.config.arch != "pix2pix":
+        return None
+    if dist_info.world > 1:
+        raise InputError("--arch pix2pix trains in one process (its discriminator is not synchronised): run it "
+                         "without torchrun")
+    c = plan.config
+    return _Adversary(dims=plan.dims, classes=plan.classes, size=plan.size, device=place.device, bf16=place.bf16,
+                      lr=c.lr, weight=c.gan_weight, ignore=plan.ignore)
 
 
 def _summary(
@@ -280,6 +311,7 @@ def _summary(
         "train_tiles": len(plan.parts["train"]),
         "sampling": plan.sampling,
         "val_tiles": len(plan.parts["val"]),
+        "unlabelled": plan.ignore,
         "tile_split": plan.attrs.get("split"),
         "tile_sources": len(plan.source_stats),
         "loss_terms": list(parse_loss(config.loss)),
@@ -292,6 +324,9 @@ def _summary(
         "effective_batch": config.batch_size * config.accumulate * dist_info.world,
         "resumed_from": None if checkpoint is None else int(checkpoint["epoch"]),
         "divisor": plan.divisor,
+        **({"discriminator": {"layers": run.adversary.net.layers, "gan_weight": config.gan_weight,
+                              "parameters": sum(p.numel() for p in run.adversary.net.parameters())}}
+           if run.adversary is not None else {}),
         **setup,
     }
 
@@ -301,7 +336,7 @@ def _write_model(plan: _Plan, run: _Run, training: Mapping[str, Any]) -> None:
     config = plan.config
     tile = tile_for(plan.size, plan.dims, multiple=plan.divisor)
     save_model_file(
-        plan.out_path, run.net.cpu(), arch=config.arch, arch_args=plan.arch_args, spatial_dims=plan.dims,
+        plan.out_path, run.net.cpu(), arch=network_arch(config.arch), arch_args=plan.arch_args, spatial_dims=plan.dims,
         in_channels=1, phases=plan.phases, normalization=dict(plan.source_stats[0]), tile=tile, halo=halo_for(tile),
         training=_plain(training),
     )

@@ -7,6 +7,9 @@ penalty for wrong connectivity (:data:`EULER_WEIGHT` times the mean per-phase Eu
 The Euler error of a phase over the validation tiles is ``sum |E_pred - E_true| / sum |E_true|`` over the tiles
 (each tile's Euler number as :func:`rockseg.metrics.euler_number` counts it, 26-neighbourhood in 3D, 8 in 2D):
 errors of opposite sign in two tiles do not cancel. :func:`evaluate` gives the confusion matrix of any model.
+
+Sparse labels: voxels of the ``ignore`` label (unlabelled) count nowhere in the confusion matrix, and only tiles
+without unlabelled voxels count for the Euler error (the Euler number of a partly labelled tile means nothing).
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ def iou_from_confusion(confusion: np.ndarray) -> np.ndarray:
 def evaluate(
     model: nn.Module, images: np.ndarray, labels: np.ndarray, *,
     stats: Mapping[str, Any] | Sequence[Mapping[str, Any]], classes: int, device: torch.device, batch_size: int = 8,
-    source: np.ndarray | None = None, bf16: bool | None = None,
+    source: np.ndarray | None = None, bf16: bool | None = None, ignore: int | None = None,
 ) -> np.ndarray:
     """Confusion matrix (classes, classes) int64 of ``model`` on tiles (rows truth, columns prediction).
 
@@ -51,10 +54,11 @@ def evaluate(
     stats : intensity statistics of all tiles, or a list of them indexed by ``source``.
     source : (N,) index of each tile's statistics in ``stats`` (when ``stats`` is a list).
     bf16 : run under bf16 autocast; default on CUDA GPUs that support it.
+    ignore : a label (unlabelled voxels) left out of the counts.
     """
     lo, inv = tile_normalization(stats, source, len(images))
-    return _confusion(model, _Part(images, labels, lo, inv), classes=classes, device=device,
-                      batch_size=batch_size, bf16=bf16)
+    return _validation_counts(model, _Part(images, labels, lo, inv), classes=classes, device=device,
+                              batch_size=batch_size, bf16=bf16, euler=False, ignore=ignore)[0]
 
 
 def euler_error(euler_sums: np.ndarray) -> np.ndarray:
@@ -76,10 +80,13 @@ def selection_score(iou: np.ndarray, errors: np.ndarray) -> float:
     return mean_iou - EULER_WEIGHT * penalty
 
 
-def _tile_euler(pred: np.ndarray, truth: np.ndarray, classes: int) -> np.ndarray:
-    """(2, classes) sums over the tiles of a batch of ``|E_pred - E_true|`` and ``|E_true|``, per phase."""
+def _tile_euler(pred: np.ndarray, truth: np.ndarray, classes: int, ignore: int | None = None) -> np.ndarray:
+    """(2, classes) sums over the tiles of a batch of ``|E_pred - E_true|`` and ``|E_true|``, per phase; tiles
+    holding the ``ignore`` label are skipped."""
     sums = np.zeros((2, classes), np.int64)
     for p, t in zip(pred, truth):
+        if ignore is not None and (t == ignore).any():
+            continue
         for k in range(classes):
             e_true = euler_number(t == k)
             sums[0, k] += abs(euler_number(p == k) - e_true)
@@ -97,9 +104,10 @@ def _confusion(
 
 def _validation_counts(
     model: nn.Module, part: _Part, *, classes: int, device: torch.device, batch_size: int, bf16: bool | None,
-    indices: np.ndarray | None = None, euler: bool = True,
+    indices: np.ndarray | None = None, euler: bool = True, ignore: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Confusion matrix (classes, classes) and, with ``euler``, the (2, classes) Euler sums of :func:`_tile_euler`."""
+    """Confusion matrix (classes, classes) and, with ``euler``, the (2, classes) Euler sums of :func:`_tile_euler`;
+    voxels of the ``ignore`` label count in neither."""
     model.eval()
     idx_all = np.arange(len(part)) if indices is None else indices
     confusion = torch.zeros(classes * classes, dtype=torch.int64, device=device)
@@ -112,7 +120,10 @@ def _validation_counts(
             y = torch.from_numpy(part.labels[idx].astype(np.int64)).to(device)
             with _autocast(device, bf16):
                 pred = model(x).argmax(1)
-            confusion += torch.bincount((y * classes + pred).ravel(), minlength=classes * classes)
+            codes = (y * classes + pred).ravel()
+            if ignore is not None:
+                codes = codes[(y != ignore).ravel()]
+            confusion += torch.bincount(codes, minlength=classes * classes)
             if euler:
-                euler_sums += _tile_euler(pred.cpu().numpy(), part.labels[idx], classes)
+                euler_sums += _tile_euler(pred.cpu().numpy(), part.labels[idx], classes, ignore)
     return confusion.reshape(classes, classes).cpu().numpy(), euler_sums
