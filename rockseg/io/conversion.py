@@ -37,6 +37,7 @@ def convert(
     byte_order: str = "little",
     header_bytes: int = 0,
     variable: str | None = None,
+    dataset: str | None = None,
     colormap: str | ColourMap | Mapping[Any, Any] | None = None,
     phases: str | Mapping[Any, Any] | None = None,
     crop: str | Sequence[slice] | None = None,
@@ -53,8 +54,8 @@ def convert(
     Parameters
     ----------
     src : see :func:`open_source` (the raw options ``shape``, ``dtype``, ``byte_order``, ``header_bytes``, the
-        netCDF ``variable`` and ``colormap`` are passed to it).
-    dest : a ``.zarr`` store, or ``.tif``, ``.nc``, ``.raw`` (+ ``.mhd``), ``.npy`` (see :func:`export`).
+        netCDF ``variable``, the HDF5 ``dataset`` and ``colormap`` are passed to it).
+    dest : a ``.zarr`` store, or ``.tif``, ``.nc``, ``.h5``, ``.raw`` (+ ``.mhd``), ``.npy`` (see :func:`export`).
     colormap : map the colours (or grey values) of a colour-coded label image to integer labels, with optional
         phase names: ``"0,0,255=0:pore;0,255,0=1:clay"`` (see :func:`parse_colormap`).
     phases : phase names written into a ``.zarr`` output, ``"0=pore,1=clay"`` or ``{0: "pore"}``; they win over
@@ -87,7 +88,7 @@ def convert(
     plan = _check(dest, colormap=colormap, phases=phases, slices=slices, chunks=chunks, shards=shards,
                   compressor=compressor, overwrite=overwrite, progress=progress)
     with open_source(src, shape=shape, dtype=dtype, byte_order=byte_order, header_bytes=header_bytes,
-                     variable=variable, colormap=plan.colormap) as opened:
+                     variable=variable, dataset=dataset, colormap=plan.colormap) as opened:
         source = _select(opened, voxel_size=voxel_size, crop=crop, slices=slices)
         _write(source, plan)
         return _summary(source, plan, time.perf_counter() - start)
@@ -98,7 +99,7 @@ class _Plan:
     """The checked output options of a conversion, known before the source is opened."""
 
     dest: Path
-    kind: str  # the output format: "zarr", "tiff", "netcdf", "raw" or "npy"
+    kind: str  # the output format: "zarr", "tiff", "netcdf", "hdf5", "raw" or "npy"
     colormap: ColourMap | None
     phases: dict[int, str]  # names from the colour map, then --phases (which win)
     chunks: Sequence[int] | str | None

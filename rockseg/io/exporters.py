@@ -1,6 +1,6 @@
 """Exports of a volume to the files other tools read: :func:`export` picks the writer by the extension of the output
 (``.tif`` (ImageJ-compatible, BigTIFF above 4 GB), ``.nc`` (netCDF4), ``.raw`` with a MetaImage ``.mhd`` header
-beside it, ``.npy``; ``.zarr`` goes to :func:`rockseg.io.zarr_writer.write_zarr`).
+beside it, ``.npy``, ``.h5`` (:func:`rockseg.io.hdf5.write_hdf5`); ``.zarr`` goes to :func:`rockseg.io.zarr_writer.write_zarr`).
 
 Every writer streams the source slab by slab (:mod:`rockseg.io.streaming`) into a file built under a temporary name
 and renamed into place when complete (:func:`rockseg.io.stores.atomic_output`).
@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from rockseg.errors import InputError
+from rockseg.io.hdf5 import HDF5_EXTENSIONS, write_hdf5
 from rockseg.io.options import _check_voxel_size
 from rockseg.io.raw import _MET_TYPES
 from rockseg.io.sources import Source, _as_source
@@ -25,7 +26,7 @@ from rockseg.io.streaming import _progress_bar, _stream, _writing
 from rockseg.io.tiff import TIFF_EXTENSIONS
 from rockseg.io.zarr_writer import write_zarr
 
-DEST_EXTENSIONS = (".zarr", *TIFF_EXTENSIONS, ".nc", ".raw", ".bin", ".npy")
+DEST_EXTENSIONS = (".zarr", *TIFF_EXTENSIONS, ".nc", *HDF5_EXTENSIONS[:2], ".raw", ".bin", ".npy")
 
 # Exports read about this many bytes per slab from sources with no chunking of their own.
 _EXPORT_SLAB_BYTES = 64 << 20
@@ -51,7 +52,8 @@ def export(
     dest : ``.tif``/``.tiff`` (ImageJ-compatible for uint8/uint16/float32, BigTIFF above 4 GB), ``.nc``
         (netCDF4, variable ``volume`` with dimensions z, y, x and attributes ``voxel_size`` (Z, Y, X),
         ``voxel_size_xyz`` and ``voxel_unit``), ``.raw``/``.bin`` (little-endian, C order, with a MetaImage
-        ``.mhd`` header beside it), ``.npy``, or ``.zarr`` (see :func:`write_zarr`).
+        ``.mhd`` header beside it), ``.npy``, ``.h5``/``.hdf5`` (dataset ``/volume`` with ``voxel_size`` and
+        ``voxel_unit`` attributes), or ``.zarr`` (see :func:`write_zarr`).
     overwrite : replace an existing ``dest`` (only once the new file is complete).
     progress : show a progress bar on stderr.
     voxel_size : micrometres, one value or one per axis; overrides the array's attribute.
@@ -90,7 +92,7 @@ def export(
 def _dest_kind(dest: Path) -> str:
     ext = dest.suffix.lower()
     kinds = {".zarr": "zarr", ".tif": "tiff", ".tiff": "tiff", ".nc": "netcdf", ".raw": "raw", ".bin": "raw",
-             ".npy": "npy"}
+             ".npy": "npy", **dict.fromkeys(HDF5_EXTENSIONS[:2], "hdf5")}
     if ext not in kinds:
         raise InputError(
             f"output {dest} has an extension ({ext or 'none'}) rockseg cannot write: "
@@ -106,7 +108,7 @@ def _check_export_outputs(dest: Path, kind: str, overwrite: bool) -> None:
 
 
 def _export_source(source: Source, dest: Path, kind: str, *, overwrite: bool, progress: bool) -> None:
-    writers = {"tiff": _write_tiff, "netcdf": _write_netcdf, "raw": _write_raw, "npy": _write_npy}
+    writers = {"tiff": _write_tiff, "netcdf": _write_netcdf, "raw": _write_raw, "npy": _write_npy, "hdf5": write_hdf5}
     slab = _export_slab(source)
     with _writing(dest), _progress_bar(f"export {dest.name}", source.nbytes, progress) as advance:
         if kind == "raw":

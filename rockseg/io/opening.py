@@ -12,6 +12,8 @@ folder or glob              2D TIFF slices (``scan/`` or ``'scan/*.tif'``; a fol
 ``.mhd`` / ``.mha``         a MetaImage header and its raw data
 ``.nhdr`` / ``.nrrd``       an NRRD header and its raw data (detached, or attached after the header)
 ``.nc``                     netCDF3 or netCDF4 (the single 3D variable, or the one named by ``variable``)
+``.h5`` / ``.hdf5`` /       HDF5 or NeXus (the single 3D dataset, or the one named by ``dataset``)
+``.nxs``
 ``.zarr``                   a Zarr array store, v2 or v3
 ==========================  ======================================================================================
 
@@ -28,6 +30,7 @@ from typing import Any
 
 from rockseg.errors import InputError, MissingInputError
 from rockseg.io.colour import ColourMap, ColourSource, parse_colormap
+from rockseg.io.hdf5 import HDF5_EXTENSIONS, Hdf5Source
 from rockseg.io.netcdf import NETCDF_EXTENSIONS, NetcdfSource
 from rockseg.io.npy import _open_npy
 from rockseg.io.options import _parse_byte_order
@@ -53,7 +56,7 @@ from rockseg.io.tiff import (
 )
 
 SOURCE_EXTENSIONS = (*TIFF_EXTENSIONS, *PNG_EXTENSIONS, *NETCDF_EXTENSIONS, *RAW_EXTENSIONS, *METAIMAGE_EXTENSIONS,
-                     *NRRD_EXTENSIONS, ".npy", ".zarr")
+                     *NRRD_EXTENSIONS, *HDF5_EXTENSIONS, ".npy", ".zarr")
 
 
 def open_source(
@@ -65,6 +68,7 @@ def open_source(
     header_bytes: int = 0,
     variable: str | None = None,
     colormap: str | ColourMap | Mapping[Any, Any] | None = None,
+    dataset: str | None = None,
 ) -> Source:
     """Open a volume file for slab-wise reading, choosing the reader by extension.
 
@@ -80,6 +84,7 @@ def open_source(
     byte_order : ``"little"`` or ``"big"``, only for raw files.
     header_bytes : bytes to skip before the data, only for raw files.
     variable : the netCDF variable to read (default: the only 3D one).
+    dataset : the HDF5 dataset to read, e.g. ``/exchange/data`` (default: the only 3D one).
     colormap : read a colour-coded (or grey-coded) label image as integer labels (see :func:`parse_colormap`).
 
     Raises
@@ -91,7 +96,7 @@ def open_source(
     """
     cmap = parse_colormap(colormap) if colormap is not None else None
     source = _open(path, shape=shape, dtype=dtype, byte_order=byte_order, header_bytes=header_bytes,
-                   variable=variable, colours=cmap is not None)
+                   variable=variable, colours=cmap is not None, dataset=dataset)
     if cmap is None:
         return source
     try:
@@ -102,8 +107,10 @@ def open_source(
 
 
 def _open(path: str | os.PathLike[str], *, shape: Any, dtype: Any, byte_order: str, header_bytes: int,
-          variable: str | None, colours: bool) -> Source:
+          variable: str | None, colours: bool, dataset: str | None = None) -> Source:
     text = os.fspath(path)
+    if dataset is not None and Path(text).suffix.lower() not in HDF5_EXTENSIONS:
+        raise InputError(f"--dataset is for HDF5 sources ({', '.join(HDF5_EXTENSIONS)}), not {text}: leave it out")
     p = Path(text)
     if not p.exists() and _is_glob(text):
         files = sorted((f for f in globmod.glob(text) if os.path.isfile(f)), key=_natural_key)
@@ -144,6 +151,9 @@ def _open(path: str | os.PathLike[str], *, shape: Any, dtype: Any, byte_order: s
     if ext == ".npy":
         _refuse_raw_options(p, "a NumPy file", shape, dtype, byte_order, header_bytes, variable)
         return _open_npy(p)
+    if ext in HDF5_EXTENSIONS:
+        _refuse_raw_options(p, "an HDF5 file", shape, dtype, byte_order, header_bytes, variable)
+        return Hdf5Source(p, dataset)
     if ext in NETCDF_EXTENSIONS:
         _refuse_raw_options(p, "a netCDF file", shape, dtype, byte_order, header_bytes, None)
         return NetcdfSource(p, variable)
