@@ -23,6 +23,7 @@ def convert(
     header_bytes: Annotated[int, typer.Option(min=0, help="bytes to skip at the start of a raw file")] = 0,
     variable: Annotated[Optional[str], typer.Option(help="netCDF variable to read (default: the one 3D variable)")] = None,
     dataset: Annotated[Optional[str], typer.Option(help="HDF5 dataset to read, e.g. /exchange/data (default: the one 3D dataset)")] = None,
+    level: Annotated[Optional[int], typer.Option(min=0, help="level of an OME-Zarr image to read (default 0, full resolution)")] = None,
     colormap: Annotated[Optional[str], typer.Option(help="colour-coded labels: COLOUR=LABEL[:NAME];..., e.g. '0,0,255=0:pore;0,255,0=1:clay' (grey masks: '33=0;201=1')")] = None,
     phases: Annotated[Optional[str], typer.Option(help="phase names stored with the labels, e.g. 0=pore,1=clay")] = None,
     crop: Annotated[Optional[str], typer.Option(help="take only the region Z0:Z1,Y0:Y1,X0:X1")] = None,
@@ -38,7 +39,7 @@ def convert(
 
     summary = run(
         src, dest, shape=shape, dtype=dtype, byte_order=byte_order.value, header_bytes=header_bytes,
-        variable=variable, dataset=dataset, colormap=colormap, phases=phases, crop=crop, slices=slices, chunks=chunks, shards=shards,
+        variable=variable, dataset=dataset, level=level, colormap=colormap, phases=phases, crop=crop, slices=slices, chunks=chunks, shards=shards,
         compressor=compressor.value, voxel_size=voxel_size, overwrite=overwrite, progress=interactive(),
     )
     out_console.print(

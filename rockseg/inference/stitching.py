@@ -28,8 +28,9 @@ import zarr
 from rockseg.errors import IncompleteError, InputError
 from rockseg.inference.grid import block_grid, block_region
 from rockseg.inference.store import Prediction
+from rockseg.io.omezarr import ome_output
 from rockseg.io.stores import (
-    ATTR_PHASES, ATTR_PROVENANCE, ATTR_SOURCE, ATTR_VOXEL_SIZE, ATTR_VOXEL_UNIT, atomic_output, check_new_output,
+    ATTR_PHASES, ATTR_PROVENANCE, ATTR_SOURCE, ATTR_VOXEL_SIZE, ATTR_VOXEL_UNIT, check_new_output,
     compressors_for, open_volume, provenance,
 )
 from rockseg.progress import Reporter
@@ -64,7 +65,7 @@ def stitch(
     _write(plan, out, overwrite=overwrite, workers=workers, progress=progress, log=log)
     levels = 0
     if preview is not None:
-        source = plan.preds[0].array if _is_export(out) else zarr.open_array(store=str(out), mode="r")
+        source = plan.preds[0].array if _is_export(out) else open_volume(out)
         levels = write_preview(source, preview, overwrite=overwrite, workers=workers)
     seconds = time.perf_counter() - start
     return {
@@ -181,7 +182,7 @@ def _write_zarr(plan: _Plan, target: Path, *, overwrite: bool, workers: int, pro
     """Fuse and write the labels chunk by chunk into a new Zarr store, with Dask's threads."""
     first = plan.preds[0].array
     shape, chunks = first.shape, first.chunks
-    with atomic_output(target, overwrite=overwrite) as tmp:
+    with ome_output(target, overwrite=overwrite, workers=workers) as tmp:
         arr = zarr.create_array(
             store=str(tmp), shape=shape, chunks=chunks, dtype="uint8", fill_value=0,
             compressors=compressors_for("blosc-zstd"), attributes=plan.attrs,
@@ -199,36 +200,12 @@ def _write_zarr(plan: _Plan, target: Path, *, overwrite: bool, workers: int, pro
 
 
 def write_preview(
-    labels: zarr.Array, path: str | os.PathLike[str], *, smallest: int = 256, overwrite: bool = False,
+    labels: zarr.Array, path: str | os.PathLike[str], *, smallest: int = 64, overwrite: bool = False,
     workers: int = 2,
 ) -> int:
-    """Write a downsampled pyramid of a label volume for viewers, chunk by chunk.
+    """Write a label volume as an OME-Zarr image (NGFF 0.5) for viewers: level 0 at full resolution, then a
+    pyramid down to ``smallest`` voxels (see :func:`rockseg.io.omezarr.write_preview`). Returns the number of
+    levels, level 0 included."""
+    from rockseg.io.omezarr import write_preview as write_ome
 
-    Level ``k`` (an array named ``"k"`` in the group at ``path``) takes every ``2**k``-th voxel along each axis
-    (nearest neighbour: labels stay labels), from level 1 until the longest edge is at most ``smallest``. The group
-    carries OME-Zarr-style ``multiscales`` metadata. Returns the number of levels written.
-    """
-    import dask.array as da
-
-    src = da.from_zarr(labels)
-    with atomic_output(path, overwrite=overwrite) as tmp:
-        group = zarr.open_group(store=str(tmp), mode="w")
-        datasets = []
-        level = 0
-        while max(src.shape) > smallest:
-            level += 1
-            src = src[(slice(None, None, 2),) * src.ndim]
-            chunks = tuple(min(128, n) for n in src.shape)
-            arr = group.create_array(str(level), shape=src.shape, chunks=chunks, dtype=labels.dtype,
-                                     compressors=compressors_for("blosc-zstd"))
-            with dask.config.set(scheduler="threads", num_workers=workers):
-                da.store(src.rechunk(chunks), arr, lock=False)
-            src = da.from_zarr(arr)
-            datasets.append({"path": str(level), "coordinateTransformations": [
-                {"type": "scale", "scale": [float(2**level)] * src.ndim}]})
-        group.attrs.update({
-            "multiscales": [{"version": "0.4", "name": "preview", "datasets": datasets,
-                             "axes": [{"name": a, "type": "space"} for a in "zyx"[-labels.ndim:]]}],
-            ATTR_PHASES: dict(labels.attrs).get(ATTR_PHASES, {}),
-        })
-    return level
+    return write_ome(labels, path, smallest=smallest, overwrite=overwrite, workers=workers)

@@ -38,6 +38,7 @@ def convert(
     header_bytes: int = 0,
     variable: str | None = None,
     dataset: str | None = None,
+    level: int | None = None,
     colormap: str | ColourMap | Mapping[Any, Any] | None = None,
     phases: str | Mapping[Any, Any] | None = None,
     crop: str | Sequence[slice] | None = None,
@@ -54,7 +55,7 @@ def convert(
     Parameters
     ----------
     src : see :func:`open_source` (the raw options ``shape``, ``dtype``, ``byte_order``, ``header_bytes``, the
-        netCDF ``variable``, the HDF5 ``dataset`` and ``colormap`` are passed to it).
+        netCDF ``variable``, the HDF5 ``dataset``, the OME-Zarr ``level`` and ``colormap`` are passed to it).
     dest : a ``.zarr`` store, or ``.tif``, ``.nc``, ``.h5``, ``.raw`` (+ ``.mhd``), ``.npy`` (see :func:`export`).
     colormap : map the colours (or grey values) of a colour-coded label image to integer labels, with optional
         phase names: ``"0,0,255=0:pore;0,255,0=1:clay"`` (see :func:`parse_colormap`).
@@ -88,7 +89,7 @@ def convert(
     plan = _check(dest, colormap=colormap, phases=phases, slices=slices, chunks=chunks, shards=shards,
                   compressor=compressor, overwrite=overwrite, progress=progress)
     with open_source(src, shape=shape, dtype=dtype, byte_order=byte_order, header_bytes=header_bytes,
-                     variable=variable, dataset=dataset, colormap=plan.colormap) as opened:
+                     variable=variable, dataset=dataset, level=level, colormap=plan.colormap) as opened:
         source = _select(opened, voxel_size=voxel_size, crop=crop, slices=slices)
         _write(source, plan)
         return _summary(source, plan, time.perf_counter() - start)
