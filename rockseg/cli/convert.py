@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from rockseg.cli.common import app, command, out_console
+from rockseg.cli.common import JsonOption, app, command, log, out_console
 from rockseg.progress import interactive
 from rockseg.vocabulary import ByteOrder, Compressor
 
@@ -33,16 +33,18 @@ def convert(
     compressor: Annotated[Compressor, typer.Option(help="output compressor")] = Compressor.blosc_zstd,
     voxel_size: Annotated[Optional[float], typer.Option(help="voxel size in micrometres (else read from SRC)")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing DEST")] = False,
-) -> None:
+    json_out: JsonOption = False,
+) -> dict:
     """Convert a tomogram to a chunked Zarr store (or export a store), streaming with bounded memory."""
     from rockseg.io import convert as run
 
     summary = run(
         src, dest, shape=shape, dtype=dtype, byte_order=byte_order.value, header_bytes=header_bytes,
         variable=variable, dataset=dataset, level=level, colormap=colormap, phases=phases, crop=crop, slices=slices, chunks=chunks, shards=shards,
-        compressor=compressor.value, voxel_size=voxel_size, overwrite=overwrite, progress=interactive(),
+        compressor=compressor.value, voxel_size=voxel_size, overwrite=overwrite, progress=interactive() or log,
     )
     out_console.print(
         f"wrote {summary['dest']}: shape {tuple(summary['shape'])} {summary['dtype']} "
         f"in {summary['seconds']:.1f} s ({summary.get('mb_per_s', 0):.0f} MB/s)"
     )
+    return summary

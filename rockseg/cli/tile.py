@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from rockseg.cli.common import app, command, out_console
+from rockseg.cli.common import JsonOption, app, command, out_console
 from rockseg.vocabulary import Axis
 
 
@@ -28,7 +28,8 @@ def tile(
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
     balance: Annotated[bool, typer.Option(help="centre half the patches on voxels of a phase drawn uniformly, so rare phases are seen (--no-balance: uniform positions)")] = True,
     overwrite: Annotated[bool, typer.Option(help="replace an existing output")] = False,
-) -> None:
+    json_out: JsonOption = False,
+) -> dict:
     """Sample training patches with a validation split spatially disjoint from training."""
     from rockseg.io.stores import parse_phases
     from rockseg.training import make_tiles, split_pairs
@@ -53,3 +54,4 @@ def tile(
             f"the training regions ({mib:.0f} MiB) are over the {REGION_MAX_BYTES // 2**30} GiB bound and are not "
             f"stored: train will use the fixed patches (a smaller --crop keeps them)"
         )
+    return {"out": str(out), **s}

@@ -11,9 +11,10 @@ tested alone.
 
 from __future__ import annotations
 
+import math
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,7 @@ def convert(
     compressor: str = "blosc-zstd",
     voxel_size: float | Sequence[float] | None = None,
     overwrite: bool = False,
-    progress: bool = False,
+    progress: bool | Callable[[str], None] = False,
 ) -> dict[str, Any]:
     """Convert a volume file to a Zarr store, or export it to another format (``rockseg convert SRC DEST``).
 
@@ -68,12 +69,12 @@ def convert(
     compressor : Zarr compressor, one of :data:`rockseg.io.stores.COMPRESSORS`.
     voxel_size : micrometres, one value or one per axis, of the source's voxels; default: what the source records.
     overwrite : replace an existing ``dest``.
-    progress : show a progress bar on stderr.
+    progress : show a progress bar on stderr (True), or log a line per 5 % with an ETA through this callable.
 
     Returns
     -------
     dict
-        ``dest``, ``source``, ``format`` (of the source), ``shape``, ``dtype``, ``bytes``, ``seconds`` and
+        ``dest``, ``source``, ``format`` (of the source), ``shape``, ``dtype``, ``bytes``, ``voxels``, ``seconds`` and
         ``MB/s`` (source megabytes per second; also under ``mb_per_s``); ``region`` (start, stop, step per axis)
         when a region was taken, and ``phases`` when names were given.
 
@@ -107,7 +108,7 @@ class _Plan:
     shards: Sequence[int] | str | None
     compressor: str
     overwrite: bool
-    progress: bool
+    progress: bool | Callable[[str], None]
 
     @property
     def phase_attr(self) -> dict[str, str]:
@@ -117,7 +118,8 @@ class _Plan:
 
 def _check(dest: str | os.PathLike[str], *, colormap: str | ColourMap | Mapping[Any, Any] | None,
            phases: str | Mapping[Any, Any] | None, slices: str | slice | None, chunks: Sequence[int] | str | None,
-           shards: Sequence[int] | str | None, compressor: str, overwrite: bool, progress: bool) -> _Plan:
+           shards: Sequence[int] | str | None, compressor: str, overwrite: bool,
+           progress: bool | Callable[[str], None]) -> _Plan:
     """Check every option that needs no data, so a bad one fails before anything is read or created."""
     dest = Path(dest)
     kind = _dest_kind(dest)
@@ -168,6 +170,7 @@ def _summary(source: Source, plan: _Plan, seconds: float) -> dict[str, Any]:
         "shape": list(source.shape),
         "dtype": source.dtype.name,
         "bytes": source.nbytes,
+        "voxels": int(math.prod(source.shape)),
         "seconds": round(seconds, 3),
         "MB/s": rate,
         "mb_per_s": rate,

@@ -1,6 +1,7 @@
 """Exports of a volume to the files other tools read: :func:`export` picks the writer by the extension of the output
-(``.tif`` (ImageJ-compatible, BigTIFF above 4 GB), ``.nc`` (netCDF4), ``.raw`` with a MetaImage ``.mhd`` header
-beside it, ``.npy``, ``.h5`` (:func:`rockseg.io.hdf5.write_hdf5`); ``.zarr`` goes to :func:`rockseg.io.zarr_writer.write_zarr`).
+(``.tif`` (ImageJ-compatible, BigTIFF above 4 GB), ``.nc`` (netCDF4), ``.raw`` with a MetaImage ``.mhd``
+header beside it, ``.npy``, ``.h5`` (:func:`rockseg.io.hdf5.write_hdf5`); ``.zarr`` goes to
+:func:`rockseg.io.zarr_writer.write_zarr`).
 
 Every writer streams the source slab by slab (:mod:`rockseg.io.streaming`) into a file built under a temporary name
 and renamed into place when complete (:func:`rockseg.io.stores.atomic_output`).
@@ -40,7 +41,7 @@ def export(
     dest: str | os.PathLike[str],
     *,
     overwrite: bool = False,
-    progress: bool = False,
+    progress: bool | Callable[[str], None] = False,
     voxel_size: float | Sequence[float] | None = None,
 ) -> Path:
     """Export a volume to a file chosen by the extension of ``dest``, streaming slab by slab.
@@ -55,7 +56,7 @@ def export(
         ``.mhd`` header beside it), ``.npy``, ``.h5``/``.hdf5`` (dataset ``/volume`` with ``voxel_size`` and
         ``voxel_unit`` attributes), or ``.zarr`` (see :func:`write_zarr`).
     overwrite : replace an existing ``dest`` (only once the new file is complete).
-    progress : show a progress bar on stderr.
+    progress : show a progress bar on stderr (True), or log a line per 5 % with an ETA through this callable.
     voxel_size : micrometres, one value or one per axis; overrides the array's attribute.
 
     Returns
@@ -107,7 +108,8 @@ def _check_export_outputs(dest: Path, kind: str, overwrite: bool) -> None:
         check_new_output(dest.with_suffix(".mhd"), overwrite=overwrite)
 
 
-def _export_source(source: Source, dest: Path, kind: str, *, overwrite: bool, progress: bool) -> None:
+def _export_source(source: Source, dest: Path, kind: str, *, overwrite: bool,
+                   progress: bool | Callable[[str], None]) -> None:
     writers = {"tiff": _write_tiff, "netcdf": _write_netcdf, "raw": _write_raw, "npy": _write_npy, "hdf5": write_hdf5}
     slab = _export_slab(source)
     with _writing(dest), _progress_bar(f"export {dest.name}", source.nbytes, progress) as advance:

@@ -61,7 +61,7 @@ def write_zarr(
     compressor: str = "blosc-zstd",
     attrs: dict[str, Any] | None = None,
     overwrite: bool = False,
-    progress: bool = False,
+    progress: bool | Callable[[str], None] = False,
 ) -> zarr.Array:
     """Write a source (or any array) to a new Zarr v3 array store, slab by slab, with its attributes.
 
@@ -82,7 +82,7 @@ def write_zarr(
     compressor : one of :data:`rockseg.io.stores.COMPRESSORS`.
     attrs : extra attributes, written last (they win over the computed ones).
     overwrite : replace an existing ``dest`` (only once the new store is complete).
-    progress : show a progress bar on stderr.
+    progress : show a progress bar on stderr (True), or log a line per 5 % with an ETA through this callable.
 
     Returns
     -------
