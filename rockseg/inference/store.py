@@ -27,6 +27,7 @@ import zarr
 
 from rockseg.errors import IncompleteError, InputError, MissingInputError, OutputExistsError
 from rockseg.inference.grid import Triple, block_grid
+from rockseg.io.omezarr import new_array_path
 from rockseg.io.stores import ATTR_PROVENANCE, compressors_for, open_volume
 
 MARKER_DIR = ".rockseg"
@@ -97,7 +98,8 @@ def create_prediction(
         tmp = out.with_name(f".{out.name}.partial-{uuid.uuid4().hex[:8]}")
         chunks = block if len(shape) == 3 else block[1:]
         zarr.create_array(
-            store=str(tmp), shape=tuple(shape), chunks=tuple(chunks), dtype="uint8", fill_value=0,
+            store=str(new_array_path(tmp, out, len(shape))), shape=tuple(shape), chunks=tuple(chunks), dtype="uint8",
+            fill_value=0, dimension_names=list("zyx"[-len(shape):]),
             compressors=compressors_for("blosc-zstd"), attributes=attrs,
         )
         (tmp / MARKER_DIR / "done").mkdir(parents=True)

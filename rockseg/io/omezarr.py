@@ -8,7 +8,8 @@ figure: :func:`rockseg.io.stores.phase_colour`). A plain ``.zarr`` output stays 
 
 The API, small on purpose so that writers elsewhere need one or two lines:
 
-- :func:`is_ome_zarr`, :func:`label_array_path` (where the full-resolution array of an output goes);
+- :func:`is_ome_zarr`, :func:`label_array_path` (where the full-resolution array of an output goes),
+  :func:`new_array_path` (the same for an output being built under a temporary name);
 - :func:`ome_output`: like :func:`rockseg.io.stores.atomic_output`, but for a ``*.ome.zarr`` name it yields the
   path of level 0 inside a temporary group and, once the body has written it, adds the pyramid and the metadata;
 - :func:`write_pyramid` (levels 1... from level 0, level by level, chunk by chunk in bounded memory),
@@ -71,6 +72,17 @@ def ome_output(path: str | os.PathLike[str], *, overwrite: bool = False, smalles
         zarr.open_group(store=str(tmp), mode="w", zarr_format=3)
         yield tmp / "0"
         write_pyramid(tmp, smallest=smallest, workers=workers, name=Path(path).name, labels=labels)
+
+
+def new_array_path(tmp: str | os.PathLike[str], final: str | os.PathLike[str], ndim: int) -> Path:
+    """Where to create the array of an output being built at ``tmp`` (to be renamed ``final``): ``tmp`` itself for
+    a plain name; for ``*.ome.zarr`` a group is made at ``tmp`` with single-level metadata, and ``tmp/0`` returned
+    (:func:`write_pyramid` adds the other levels once the array is complete)."""
+    if not is_ome_zarr(final):
+        return Path(tmp)
+    zarr.open_group(store=str(tmp), mode="w", zarr_format=3)
+    write_image_metadata(tmp, ndim=ndim, levels=1, name=Path(final).name)
+    return Path(tmp) / "0"
 
 
 # ------------------------------------------------------------------------------------------------------ writing
@@ -166,10 +178,9 @@ def write_image_metadata(
                            "multiscales": [{"name": name, "axes": axes, "datasets": datasets}]}
     if labels:
         values = sorted(phases) if phases else list(range(8))
-        ome["image-label"] = {
-            "colors": [{"label-value": v, "rgba": _rgba(v)} for v in values],
-            "properties": [{"label-value": v, "name": n} for v, n in sorted((phases or {}).items())],
-        }
+        ome["image-label"] = {"colors": [{"label-value": v, "rgba": _rgba(v)} for v in values]}
+        if phases:
+            ome["image-label"]["properties"] = [{"label-value": v, "name": n} for v, n in sorted(phases.items())]
     group = zarr.open_group(store=str(path), mode="r+")
     group.attrs["ome"] = ome
     return ome

@@ -115,3 +115,25 @@ def test_stitch_writes_ome_zarr_outputs_and_previews(tmp_path, boxsum):
             ..., :: 2 ** (len(levels) - 1)])
     assert s["preview_levels"] == 1
     assert zarr.open_array(str(tmp_path / "final.ome.zarr" / "0")).attrs["phases"]["3"] == "s3"
+
+
+def test_predict_writes_an_ome_zarr_image_that_stitch_and_score_read(tmp_path, boxsum):
+    from rockseg.inference import PredictConfig, predict
+    from rockseg.inference.stitching import stitch
+    from tests.helpers import binary_volume, expected_boxsum
+
+    data = binary_volume(tmp_path / "v.zarr", (80, 36, 30))
+    model = boxsum(tmp_path / "m.pt")
+    out = tmp_path / "p.ome.zarr"
+    for part in ((0, 2), (1, 2)):
+        s = predict(tmp_path / "v.zarr", out, model=model, config=PredictConfig(block=12, device="cpu", part=part))
+        group = zarr.open_group(str(out), mode="r")
+        ome_models.ImageLabel.from_zarr(group)  # valid already while parts are missing (level 0 only)
+    assert s["complete"]
+    levels, _ = _ome_reader_levels(out)
+    want = expected_boxsum(data)
+    assert len(levels) == 2  # 80 -> 40
+    np.testing.assert_array_equal(levels[0], want)
+    np.testing.assert_array_equal(levels[1], want[::2, ::2, ::2])
+    stitch([out], tmp_path / "final.zarr")
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "final.zarr"))[...], want)
