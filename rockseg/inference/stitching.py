@@ -35,7 +35,7 @@ from rockseg.io.stores import (
 )
 from rockseg.progress import Reporter
 
-EXPORTS = (".tif", ".tiff", ".nc", ".raw", ".npy")
+EXPORTS = (".tif", ".tiff", ".nc", ".h5", ".hdf5", ".raw", ".npy")
 
 
 def stitch(

@@ -95,3 +95,16 @@ def test_a_compressed_hdf5_volume_converts_in_bounded_memory(tmp_path):
     assert peaks["big.h5"] - peaks["big.npy"] < 100, peaks
     out = read_zarr(tmp_path / "big.h5.zarr")
     assert out.shape == shape and int(out[181, 5, 5]) == (181 % 16) % 7 + 176 % 5
+
+
+def test_stitch_exports_the_labels_to_hdf5(tmp_path, boxsum):
+    from rockseg.inference import PredictConfig, predict
+    from rockseg.inference.stitching import stitch
+    from tests.helpers import binary_volume, expected_boxsum
+
+    data = binary_volume(tmp_path / "v.zarr", (20, 18, 16))
+    predict(tmp_path / "v.zarr", tmp_path / "p.zarr", model=boxsum(tmp_path / "m.pt"),
+            config=PredictConfig(block=12, device="cpu"))
+    stitch([tmp_path / "p.zarr"], tmp_path / "final.h5")
+    with h5py.File(tmp_path / "final.h5", "r") as fh:
+        np.testing.assert_array_equal(fh["volume"][()], expected_boxsum(data))
