@@ -3,11 +3,18 @@
 A user error (:class:`rockseg.errors.RocksegError`) prints one line on stderr and exits with its code (2 for bad
 input, 1 for an incomplete run), without a traceback; ``--debug`` (anywhere on the line) shows the traceback
 instead. The commands themselves live in one module each beside this one.
+
+Machine-readable runs: a long command takes ``--json`` (:data:`JsonOption`, a parameter named ``json_out``) and
+returns its summary dict; :func:`command` then sends every human line to stderr and prints the summary as one JSON
+document on stdout (:func:`json_summary`: the command, what was written, voxels, seconds, rates...), or, when the
+command fails, ``{"command": ..., "error": ..., "exit_code": ...}``. Logs stay on stderr.
 """
 
 from __future__ import annotations
 
 import functools
+import json
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -35,18 +42,68 @@ def log(line: str) -> None:
     print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}", file=sys.stderr, flush=True)
 
 
+JsonOption = Annotated[bool, typer.Option(
+    "--json", help="print one JSON summary on stdout (what was written, voxels, seconds, rates); logs stay on stderr")]
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with paths, NumPy scalars, tuples and non-finite floats made JSON-friendly."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 1) == 0:
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def json_summary(name: str, summary: dict[str, Any] | None, seconds: float) -> dict[str, Any]:
+    """The JSON document of a finished command: ``command``, its summary, and ``voxels``, ``seconds`` and
+    ``voxels_per_second`` filled in where the summary gives a shape but not these."""
+    doc: dict[str, Any] = {"command": name, "ok": True, **_plain(summary or {})}
+    shape = doc.get("shape")
+    if "voxels" not in doc and isinstance(shape, list) and shape and all(isinstance(n, int) for n in shape):
+        doc["voxels"] = math.prod(shape)
+    doc.setdefault("seconds", round(seconds, 3))
+    if isinstance(doc.get("voxels"), int) and doc.get("seconds"):
+        doc.setdefault("voxels_per_second", doc["voxels"] / doc["seconds"])
+    return doc
+
+
+def _print_json(doc: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(doc) + "\n")
+    sys.stdout.flush()
+
+
 def command(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn a RocksegError into one line on stderr and its exit code (a traceback only with --debug)."""
+    """Turn a RocksegError into one line on stderr and its exit code (a traceback only with --debug); with
+    ``json_out``, print the summary the command returns as one JSON document on stdout, everything else on stderr."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        as_json = bool(kwargs.get("json_out")) and fn.__name__ != "score"  # score prints its own document
+        start = time.perf_counter()
+        human = out_console._file  # None: whatever sys.stdout is when printing
+        if as_json:
+            out_console.file = sys.stderr
         try:
-            return fn(*args, **kwargs)
+            summary = fn(*args, **kwargs)
         except RocksegError as exc:
             if _debug:
                 raise
             err_console.print(f"rockseg {fn.__name__}: error: {exc}", markup=False, highlight=False, soft_wrap=True)
+            if as_json:
+                _print_json({"command": fn.__name__, "ok": False, "error": str(exc), "exit_code": exc.exit_code})
             raise typer.Exit(exc.exit_code) from None
+        finally:
+            out_console._file = human
+        if as_json and summary is not None:  # None: nothing to say (ranks other than 0 under torchrun)
+            _print_json(json_summary(fn.__name__, summary, time.perf_counter() - start))
+        return summary
 
     return wrapper
 

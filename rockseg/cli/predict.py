@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from rockseg.cli.common import app, command, log, out_console, tune_allocator
+from rockseg.cli.common import JsonOption, app, command, log, out_console, tune_allocator
 from rockseg.progress import interactive
 from rockseg.vocabulary import Axis, Normalization, Precision
 
@@ -36,7 +36,8 @@ def predict(
     scheduler: Annotated[Optional[str], typer.Option(help="address of a Dask distributed scheduler, e.g. tcp://host:8786")] = None,
     devices: Annotated[Optional[str], typer.Option(help="several devices of this node, one worker each, e.g. cuda:0,cuda:1")] = None,
     overwrite: Annotated[bool, typer.Option(help="discard an existing prediction and start again")] = False,
-) -> None:
+    json_out: JsonOption = False,
+) -> dict:
     """Segment a volume block by block (out-of-core, resumable, split into parts for job arrays)."""
     from rockseg.inference import PredictConfig, parse_part, predict as run
 
@@ -56,3 +57,4 @@ def predict(
         f"{s['blocks_done']} blocks done, {s['blocks_skipped']} already done; {state}"
         + (f" [{s['precision']}]" if s["precision"] else "")
     )
+    return s

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from rockseg.cli.common import app, command, out_console
+from rockseg.cli.common import JsonOption, app, command, out_console
 from rockseg.vocabulary import Axis
 
 
@@ -29,7 +29,8 @@ def tile(
     balance: Annotated[bool, typer.Option(help="centre half the patches on voxels of a phase drawn uniformly, so rare phases are seen (--no-balance: uniform positions)")] = True,
     unlabelled: Annotated[int, typer.Option(min=-1, max=255, help="label value of unlabelled voxels (sparse labels: a few labelled slices or scribbles): patches are centred on labelled voxels and training ignores the rest; -1: none, every value is a phase")] = 255,
     overwrite: Annotated[bool, typer.Option(help="replace an existing output")] = False,
-) -> None:
+    json_out: JsonOption = False,
+) -> dict:
     """Sample training patches with a validation split spatially disjoint from training.
 
     \b
@@ -63,3 +64,4 @@ def tile(
             f"the training regions ({mib:.0f} MiB) are over the {REGION_MAX_BYTES // 2**30} GiB bound and are not "
             f"stored: train will use the fixed patches (a smaller --crop keeps them)"
         )
+    return {"out": str(out), **s}

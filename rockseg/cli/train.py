@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from rockseg.cli.common import app, command, log, out_console, tune_allocator
+from rockseg.cli.common import JsonOption, app, command, log, out_console, tune_allocator
 from rockseg.progress import interactive
 from rockseg.vocabulary import ARCH_NAMES, Act, Augment, Loss, Norm, Optimizer, Precision, Sampling, Schedule
 
@@ -64,7 +64,8 @@ def train(
     loader_threads: Annotated[int, typer.Option(min=1, help="threads preparing batches while the network steps")] = 1,
     resume: Annotated[bool, typer.Option(help="continue from MODEL.ckpt if it is there (same settings), else start")] = False,
     overwrite: Annotated[bool, typer.Option(help="replace an existing model file and checkpoint")] = False,
-) -> None:
+    json_out: JsonOption = False,
+) -> dict | None:
     """Train a network on a tile set; keeps the best model by validation mean IoU.
 
     \b
@@ -124,6 +125,7 @@ def train(
             f"wrote {out}: best validation mean IoU {summary['best_val_mean_iou']:.4f} at epoch "
             f"{summary['best_epoch']} ({summary['epochs']} epochs, {summary['seconds']:.0f} s)"
         )
+    return summary if summary["rank"] == 0 else None
 
 
 def _value(choice: Enum | None) -> str | None:

@@ -27,6 +27,7 @@ from rockseg.inference.grid import TileGrid, Triple, block_region
 from rockseg.inference.region import BlockBuffers, TilePool, predict_region
 from rockseg.inference.runner import ModelThread, TileRunner
 from rockseg.inference.store import shard_lock
+from rockseg.io.stores import open_volume
 from rockseg.models import model_from_payload, read_model_file
 
 
@@ -63,7 +64,7 @@ class _Engine:
         """``model_thread`` runs the model (see :class:`ModelThread`); default a thread of the engine's own."""
         self.job = job
         self.volume = zarr.open_array(store=job.volume, mode="r")
-        self.out = zarr.open_array(store=job.out, mode="r+")
+        self.out = open_volume(job.out, mode="r+")  # an OME-Zarr output: its level 0
         self.probs = zarr.open_array(store=job.probabilities, mode="r+") if job.probabilities else None
         self.mask = zarr.open_array(store=job.mask, mode="r") if job.mask else None
         self.flat = self.volume.ndim == 2

@@ -30,6 +30,7 @@ from rockseg.inference.grid import TileGrid, Triple, part_blocks
 from rockseg.inference.scheduling import run_blocks
 from rockseg.inference.store import MARKER_DIR, STATS_FILE, Prediction, RunLock, create_prediction
 from rockseg.io.intensity import intensity_stats, load_stats, save_stats
+from rockseg.io.omezarr import is_ome_zarr, write_pyramid
 from rockseg.io.stores import (
     ATTR_PHASES, ATTR_PROVENANCE, ATTR_SOURCE, ATTR_VOXEL_SIZE, ATTR_VOXEL_UNIT, open_volume,
     parse_crop, provenance,
@@ -305,6 +306,8 @@ def _run(pred: Prediction, job: BlockJob, config: PredictConfig, *, progress: bo
     seconds = time.perf_counter() - start
     missing = pred.missing()
     if not missing:
+        if is_ome_zarr(pred.path):  # the viewers' pyramid, once every block is in
+            write_pyramid(pred.path, workers=config.workers)
         pred.mark_complete()
     n_mine = sum(len(pred.unit_blocks(u)) for u in mine)
     return {

@@ -28,21 +28,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import dask
 import numpy as np
 import zarr
 
-from rockseg.errors import IncompleteError, InputError
 from rockseg.cluster import connect, map_batches
+from rockseg.errors import IncompleteError, InputError
 from rockseg.inference.grid import Triple, block_grid, block_region
 from rockseg.inference.store import MARKER_DIR, Prediction, default_shard, missing_message
+from rockseg.io.omezarr import is_ome_zarr, label_array_path, ome_output
 from rockseg.io.stores import (
-    ATTR_PHASES, ATTR_PROVENANCE, ATTR_SOURCE, ATTR_VOXEL_SIZE, ATTR_VOXEL_UNIT, atomic_output, check_new_output,
-    compressors_for, open_volume, provenance,
+    ATTR_PHASES, ATTR_PROVENANCE, ATTR_SOURCE, ATTR_VOXEL_SIZE, ATTR_VOXEL_UNIT, atomic_output,
+    check_new_output, compressors_for, open_volume, provenance,
 )
 from rockseg.progress import Reporter
 
-EXPORTS = (".tif", ".tiff", ".nc", ".raw", ".npy")
+EXPORTS = (".tif", ".tiff", ".nc", ".h5", ".hdf5", ".raw", ".npy")
 
 
 def stitch(
@@ -80,7 +80,7 @@ def stitch(
             client.close()
     levels = 0
     if preview is not None:
-        source = plan.preds[0].array if _is_export(out) else zarr.open_array(store=str(out), mode="r")
+        source = plan.preds[0].array if _is_export(out) else open_volume(out)
         levels = write_preview(source, preview, overwrite=overwrite, workers=workers)
     seconds = time.perf_counter() - start
     return {
@@ -200,7 +200,8 @@ def _write(plan: _Plan, out: Path, *, overwrite: bool, run: _Runner) -> None:
         export_array(plan.preds[0].array, out, overwrite=overwrite, progress=run.progress)
         return
     target = out if not export else out.with_name(f".{out.name}.fused.zarr")
-    if plan.method == "copy" and not plan.preds[0].legacy:
+    plain = not (is_ome_zarr(target) or is_ome_zarr(plan.preds[0].path))  # shard files copy only array to array
+    if plan.method == "copy" and not plan.preds[0].legacy and plain:
         _copy_shards(plan, target, overwrite=overwrite, run=run)
     else:
         _write_zarr(plan, target, overwrite=overwrite or export, run=run)
@@ -272,13 +273,13 @@ def _write_zarr(plan: _Plan, target: Path, *, overwrite: bool, run: _Runner) -> 
     first = plan.preds[0]
     shard = first.shard if not first.legacy else default_shard(first.shape3, first.block)
     shards = tuple(b * k for b, k in zip(first.block, shard))[-first.array.ndim:]
-    with atomic_output(target, overwrite=overwrite) as tmp:
+    with ome_output(target, overwrite=overwrite, workers=run.workers) as tmp:
         zarr.create_array(
             store=str(tmp), shape=first.array.shape, chunks=first.array.chunks, shards=shards, dtype="uint8",
             fill_value=0, compressors=compressors_for("blosc-zstd"), attributes=plan.attrs,
         )
         job = _FuseJob(
-            labels=tuple(str(p.path) for p in plan.preds), probabilities=tuple(plan.probabilities),
+            labels=tuple(str(label_array_path(p.path)) for p in plan.preds), probabilities=tuple(plan.probabilities),
             method=plan.method, out=str(tmp), block=first.block, shard=shard, shape3=first.shape3,
         )
         counts = [-(-n // b) for n, b in zip(first.block_counts(), shard)]
@@ -286,36 +287,12 @@ def _write_zarr(plan: _Plan, target: Path, *, overwrite: bool, run: _Runner) -> 
 
 
 def write_preview(
-    labels: zarr.Array, path: str | os.PathLike[str], *, smallest: int = 256, overwrite: bool = False,
+    labels: zarr.Array, path: str | os.PathLike[str], *, smallest: int = 64, overwrite: bool = False,
     workers: int = 2,
 ) -> int:
-    """Write a downsampled pyramid of a label volume for viewers, chunk by chunk.
+    """Write a label volume as an OME-Zarr image (NGFF 0.5) for viewers: level 0 at full resolution, then a
+    pyramid down to ``smallest`` voxels (see :func:`rockseg.io.omezarr.write_preview`). Returns the number of
+    levels, level 0 included."""
+    from rockseg.io.omezarr import write_preview as write_ome
 
-    Level ``k`` (an array named ``"k"`` in the group at ``path``) takes every ``2**k``-th voxel along each axis
-    (nearest neighbour: labels stay labels), from level 1 until the longest edge is at most ``smallest``. The group
-    carries OME-Zarr-style ``multiscales`` metadata. Returns the number of levels written.
-    """
-    import dask.array as da
-
-    src = da.from_zarr(labels)
-    with atomic_output(path, overwrite=overwrite) as tmp:
-        group = zarr.open_group(store=str(tmp), mode="w")
-        datasets = []
-        level = 0
-        while max(src.shape) > smallest:
-            level += 1
-            src = src[(slice(None, None, 2),) * src.ndim]
-            chunks = tuple(min(128, n) for n in src.shape)
-            arr = group.create_array(str(level), shape=src.shape, chunks=chunks, dtype=labels.dtype,
-                                     compressors=compressors_for("blosc-zstd"))
-            with dask.config.set(scheduler="threads", num_workers=workers):
-                da.store(src.rechunk(chunks), arr, lock=False)
-            src = da.from_zarr(arr)
-            datasets.append({"path": str(level), "coordinateTransformations": [
-                {"type": "scale", "scale": [float(2**level)] * src.ndim}]})
-        group.attrs.update({
-            "multiscales": [{"version": "0.4", "name": "preview", "datasets": datasets,
-                             "axes": [{"name": a, "type": "space"} for a in "zyx"[-labels.ndim:]]}],
-            ATTR_PHASES: dict(labels.attrs).get(ATTR_PHASES, {}),
-        })
-    return level
+    return write_ome(labels, path, smallest=smallest, overwrite=overwrite, workers=workers)

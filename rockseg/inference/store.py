@@ -52,6 +52,7 @@ import zarr
 
 from rockseg.errors import IncompleteError, InputError, MissingInputError, OutputExistsError, OutputWriteError
 from rockseg.inference.grid import Triple, block_grid
+from rockseg.io.omezarr import new_array_path
 from rockseg.io.stores import ATTR_PROVENANCE, compressors_for, open_volume
 
 MARKER_DIR = ".rockseg"
@@ -284,7 +285,8 @@ def _create_new(out: Path, *, shape: Sequence[int], block: Triple, shard: Triple
     tmp = out.with_name(f".{out.name}.partial-{uuid.uuid4().hex[:8]}")
     try:
         zarr.create_array(
-            store=str(tmp), shape=tuple(shape), chunks=tuple(chunks), shards=shards, dtype="uint8", fill_value=0,
+            store=str(new_array_path(tmp, out, len(shape))), shape=tuple(shape), chunks=tuple(chunks), shards=shards,
+            dtype="uint8", fill_value=0, dimension_names=list("zyx"[-len(shape):]),
             compressors=compressors_for("blosc-zstd"), attributes=attrs,
         )
         (tmp / MARKER_DIR / RECORDS).mkdir(parents=True)

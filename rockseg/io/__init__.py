@@ -7,12 +7,13 @@ The modules, in the order data flows through them:
   (:func:`select_region`: ``--crop`` / ``--slices``);
 - one module per format family of sources: :mod:`~rockseg.io.tiff` (TIFF, PNG, slice folders),
   :mod:`~rockseg.io.raw` (raw binary, MetaImage, NRRD, PyHST headers), :mod:`~rockseg.io.netcdf`,
-  :mod:`~rockseg.io.npy`; :mod:`~rockseg.io.colour` maps colour-coded label images to labels;
+  :mod:`~rockseg.io.hdf5` (HDF5/NeXus, also an export), :mod:`~rockseg.io.npy`; :mod:`~rockseg.io.colour` maps colour-coded label images to labels;
 - :mod:`~rockseg.io.opening`: :func:`open_source` picks the reader by the kind of path;
 - :mod:`~rockseg.io.streaming`: slabs and bands read ahead in a thread, progress, read and write errors;
 - :mod:`~rockseg.io.zarr_writer` (:func:`write_zarr`, with :mod:`~rockseg.io.chunk_encoder`, its parallel chunk
   and shard encoder) and :mod:`~rockseg.io.exporters` (:func:`export` to TIFF, netCDF, raw + MetaImage, NumPy);
 - :mod:`~rockseg.io.conversion`: :func:`convert`, check → plan → run;
+- :mod:`~rockseg.io.omezarr`: OME-Zarr (NGFF 0.5) images for viewers, ``*.ome.zarr`` outputs and their pyramids;
 - :mod:`~rockseg.io.stores` (store conventions: attributes, atomic outputs, crops, phases) and
   :mod:`~rockseg.io.intensity` (intensity statistics, normalisation), which every other package uses.
 

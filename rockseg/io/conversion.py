@@ -11,9 +11,10 @@ tested alone.
 
 from __future__ import annotations
 
+import math
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,8 @@ def convert(
     byte_order: str = "little",
     header_bytes: int = 0,
     variable: str | None = None,
+    dataset: str | None = None,
+    level: int | None = None,
     colormap: str | ColourMap | Mapping[Any, Any] | None = None,
     phases: str | Mapping[Any, Any] | None = None,
     crop: str | Sequence[slice] | None = None,
@@ -46,15 +49,15 @@ def convert(
     compressor: str = "blosc-zstd",
     voxel_size: float | Sequence[float] | None = None,
     overwrite: bool = False,
-    progress: bool = False,
+    progress: bool | Callable[[str], None] = False,
 ) -> dict[str, Any]:
     """Convert a volume file to a Zarr store, or export it to another format (``rockseg convert SRC DEST``).
 
     Parameters
     ----------
     src : see :func:`open_source` (the raw options ``shape``, ``dtype``, ``byte_order``, ``header_bytes``, the
-        netCDF ``variable`` and ``colormap`` are passed to it).
-    dest : a ``.zarr`` store, or ``.tif``, ``.nc``, ``.raw`` (+ ``.mhd``), ``.npy`` (see :func:`export`).
+        netCDF ``variable``, the HDF5 ``dataset``, the OME-Zarr ``level`` and ``colormap`` are passed to it).
+    dest : a ``.zarr`` store, or ``.tif``, ``.nc``, ``.h5``, ``.raw`` (+ ``.mhd``), ``.npy`` (see :func:`export`).
     colormap : map the colours (or grey values) of a colour-coded label image to integer labels, with optional
         phase names: ``"0,0,255=0:pore;0,255,0=1:clay"`` (see :func:`parse_colormap`).
     phases : phase names written into a ``.zarr`` output, ``"0=pore,1=clay"`` or ``{0: "pore"}``; they win over
@@ -66,12 +69,12 @@ def convert(
     compressor : Zarr compressor, one of :data:`rockseg.io.stores.COMPRESSORS`.
     voxel_size : micrometres, one value or one per axis, of the source's voxels; default: what the source records.
     overwrite : replace an existing ``dest``.
-    progress : show a progress bar on stderr.
+    progress : show a progress bar on stderr (True), or log a line per 5 % with an ETA through this callable.
 
     Returns
     -------
     dict
-        ``dest``, ``source``, ``format`` (of the source), ``shape``, ``dtype``, ``bytes``, ``seconds`` and
+        ``dest``, ``source``, ``format`` (of the source), ``shape``, ``dtype``, ``bytes``, ``voxels``, ``seconds`` and
         ``MB/s`` (source megabytes per second; also under ``mb_per_s``); ``region`` (start, stop, step per axis)
         when a region was taken, and ``phases`` when names were given.
 
@@ -87,7 +90,7 @@ def convert(
     plan = _check(dest, colormap=colormap, phases=phases, slices=slices, chunks=chunks, shards=shards,
                   compressor=compressor, overwrite=overwrite, progress=progress)
     with open_source(src, shape=shape, dtype=dtype, byte_order=byte_order, header_bytes=header_bytes,
-                     variable=variable, colormap=plan.colormap) as opened:
+                     variable=variable, dataset=dataset, level=level, colormap=plan.colormap) as opened:
         source = _select(opened, voxel_size=voxel_size, crop=crop, slices=slices)
         _write(source, plan)
         return _summary(source, plan, time.perf_counter() - start)
@@ -98,14 +101,14 @@ class _Plan:
     """The checked output options of a conversion, known before the source is opened."""
 
     dest: Path
-    kind: str  # the output format: "zarr", "tiff", "netcdf", "raw" or "npy"
+    kind: str  # the output format: "zarr", "tiff", "netcdf", "hdf5", "raw" or "npy"
     colormap: ColourMap | None
     phases: dict[int, str]  # names from the colour map, then --phases (which win)
     chunks: Sequence[int] | str | None
     shards: Sequence[int] | str | None
     compressor: str
     overwrite: bool
-    progress: bool
+    progress: bool | Callable[[str], None]
 
     @property
     def phase_attr(self) -> dict[str, str]:
@@ -115,7 +118,8 @@ class _Plan:
 
 def _check(dest: str | os.PathLike[str], *, colormap: str | ColourMap | Mapping[Any, Any] | None,
            phases: str | Mapping[Any, Any] | None, slices: str | slice | None, chunks: Sequence[int] | str | None,
-           shards: Sequence[int] | str | None, compressor: str, overwrite: bool, progress: bool) -> _Plan:
+           shards: Sequence[int] | str | None, compressor: str, overwrite: bool,
+           progress: bool | Callable[[str], None]) -> _Plan:
     """Check every option that needs no data, so a bad one fails before anything is read or created."""
     dest = Path(dest)
     kind = _dest_kind(dest)
@@ -166,6 +170,7 @@ def _summary(source: Source, plan: _Plan, seconds: float) -> dict[str, Any]:
         "shape": list(source.shape),
         "dtype": source.dtype.name,
         "bytes": source.nbytes,
+        "voxels": int(math.prod(source.shape)),
         "seconds": round(seconds, 3),
         "MB/s": rate,
         "mb_per_s": rate,

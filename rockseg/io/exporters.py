@@ -1,6 +1,7 @@
 """Exports of a volume to the files other tools read: :func:`export` picks the writer by the extension of the output
-(``.tif`` (ImageJ-compatible, BigTIFF above 4 GB), ``.nc`` (netCDF4), ``.raw`` with a MetaImage ``.mhd`` header
-beside it, ``.npy``; ``.zarr`` goes to :func:`rockseg.io.zarr_writer.write_zarr`).
+(``.tif`` (ImageJ-compatible, BigTIFF above 4 GB), ``.nc`` (netCDF4), ``.raw`` with a MetaImage ``.mhd``
+header beside it, ``.npy``, ``.h5`` (:func:`rockseg.io.hdf5.write_hdf5`); ``.zarr`` goes to
+:func:`rockseg.io.zarr_writer.write_zarr`).
 
 Every writer streams the source slab by slab (:mod:`rockseg.io.streaming`) into a file built under a temporary name
 and renamed into place when complete (:func:`rockseg.io.stores.atomic_output`).
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from rockseg.errors import InputError
+from rockseg.io.hdf5 import HDF5_EXTENSIONS, write_hdf5
 from rockseg.io.options import _check_voxel_size
 from rockseg.io.raw import _MET_TYPES
 from rockseg.io.sources import Source, _as_source
@@ -25,7 +27,7 @@ from rockseg.io.streaming import _progress_bar, _stream, _writing
 from rockseg.io.tiff import TIFF_EXTENSIONS
 from rockseg.io.zarr_writer import write_zarr
 
-DEST_EXTENSIONS = (".zarr", *TIFF_EXTENSIONS, ".nc", ".raw", ".bin", ".npy")
+DEST_EXTENSIONS = (".zarr", *TIFF_EXTENSIONS, ".nc", *HDF5_EXTENSIONS[:2], ".raw", ".bin", ".npy")
 
 # Exports read about this many bytes per slab from sources with no chunking of their own.
 _EXPORT_SLAB_BYTES = 64 << 20
@@ -39,7 +41,7 @@ def export(
     dest: str | os.PathLike[str],
     *,
     overwrite: bool = False,
-    progress: bool = False,
+    progress: bool | Callable[[str], None] = False,
     voxel_size: float | Sequence[float] | None = None,
 ) -> Path:
     """Export a volume to a file chosen by the extension of ``dest``, streaming slab by slab.
@@ -51,9 +53,10 @@ def export(
     dest : ``.tif``/``.tiff`` (ImageJ-compatible for uint8/uint16/float32, BigTIFF above 4 GB), ``.nc``
         (netCDF4, variable ``volume`` with dimensions z, y, x and attributes ``voxel_size`` (Z, Y, X),
         ``voxel_size_xyz`` and ``voxel_unit``), ``.raw``/``.bin`` (little-endian, C order, with a MetaImage
-        ``.mhd`` header beside it), ``.npy``, or ``.zarr`` (see :func:`write_zarr`).
+        ``.mhd`` header beside it), ``.npy``, ``.h5``/``.hdf5`` (dataset ``/volume`` with ``voxel_size`` and
+        ``voxel_unit`` attributes), or ``.zarr`` (see :func:`write_zarr`).
     overwrite : replace an existing ``dest`` (only once the new file is complete).
-    progress : show a progress bar on stderr.
+    progress : show a progress bar on stderr (True), or log a line per 5 % with an ETA through this callable.
     voxel_size : micrometres, one value or one per axis; overrides the array's attribute.
 
     Returns
@@ -90,7 +93,7 @@ def export(
 def _dest_kind(dest: Path) -> str:
     ext = dest.suffix.lower()
     kinds = {".zarr": "zarr", ".tif": "tiff", ".tiff": "tiff", ".nc": "netcdf", ".raw": "raw", ".bin": "raw",
-             ".npy": "npy"}
+             ".npy": "npy", **dict.fromkeys(HDF5_EXTENSIONS[:2], "hdf5")}
     if ext not in kinds:
         raise InputError(
             f"output {dest} has an extension ({ext or 'none'}) rockseg cannot write: "
@@ -105,8 +108,9 @@ def _check_export_outputs(dest: Path, kind: str, overwrite: bool) -> None:
         check_new_output(dest.with_suffix(".mhd"), overwrite=overwrite)
 
 
-def _export_source(source: Source, dest: Path, kind: str, *, overwrite: bool, progress: bool) -> None:
-    writers = {"tiff": _write_tiff, "netcdf": _write_netcdf, "raw": _write_raw, "npy": _write_npy}
+def _export_source(source: Source, dest: Path, kind: str, *, overwrite: bool,
+                   progress: bool | Callable[[str], None]) -> None:
+    writers = {"tiff": _write_tiff, "netcdf": _write_netcdf, "raw": _write_raw, "npy": _write_npy, "hdf5": write_hdf5}
     slab = _export_slab(source)
     with _writing(dest), _progress_bar(f"export {dest.name}", source.nbytes, progress) as advance:
         if kind == "raw":

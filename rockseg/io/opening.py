@@ -12,7 +12,10 @@ folder or glob              2D TIFF slices (``scan/`` or ``'scan/*.tif'``; a fol
 ``.mhd`` / ``.mha``         a MetaImage header and its raw data
 ``.nhdr`` / ``.nrrd``       an NRRD header and its raw data (detached, or attached after the header)
 ``.nc``                     netCDF3 or netCDF4 (the single 3D variable, or the one named by ``variable``)
-``.zarr``                   a Zarr array store, v2 or v3
+``.h5`` / ``.hdf5`` /       HDF5 or NeXus (the single 3D dataset, or the one named by ``dataset``)
+``.nxs``
+``.zarr``                   a Zarr array store, v2 or v3, or an OME-Zarr image (level 0, or ``level``, with its
+                            voxel size from the multiscales metadata)
 ==========================  ======================================================================================
 
 Options that only raw files (or netCDF) use are refused for the other kinds rather than silently ignored.
@@ -28,8 +31,10 @@ from typing import Any
 
 from rockseg.errors import InputError, MissingInputError
 from rockseg.io.colour import ColourMap, ColourSource, parse_colormap
+from rockseg.io.hdf5 import HDF5_EXTENSIONS, Hdf5Source
 from rockseg.io.netcdf import NETCDF_EXTENSIONS, NetcdfSource
 from rockseg.io.npy import _open_npy
+from rockseg.io.omezarr import ome_levels, open_ome_level
 from rockseg.io.options import _parse_byte_order
 from rockseg.io.raw import (
     METAIMAGE_EXTENSIONS,
@@ -53,7 +58,7 @@ from rockseg.io.tiff import (
 )
 
 SOURCE_EXTENSIONS = (*TIFF_EXTENSIONS, *PNG_EXTENSIONS, *NETCDF_EXTENSIONS, *RAW_EXTENSIONS, *METAIMAGE_EXTENSIONS,
-                     *NRRD_EXTENSIONS, ".npy", ".zarr")
+                     *NRRD_EXTENSIONS, *HDF5_EXTENSIONS, ".npy", ".zarr")
 
 
 def open_source(
@@ -65,6 +70,8 @@ def open_source(
     header_bytes: int = 0,
     variable: str | None = None,
     colormap: str | ColourMap | Mapping[Any, Any] | None = None,
+    dataset: str | None = None,
+    level: int | None = None,
 ) -> Source:
     """Open a volume file for slab-wise reading, choosing the reader by extension.
 
@@ -80,6 +87,8 @@ def open_source(
     byte_order : ``"little"`` or ``"big"``, only for raw files.
     header_bytes : bytes to skip before the data, only for raw files.
     variable : the netCDF variable to read (default: the only 3D one).
+    dataset : the HDF5 dataset to read, e.g. ``/exchange/data`` (default: the only 3D one).
+    level : the level of an OME-Zarr image to read (default 0, full resolution).
     colormap : read a colour-coded (or grey-coded) label image as integer labels (see :func:`parse_colormap`).
 
     Raises
@@ -91,7 +100,8 @@ def open_source(
     """
     cmap = parse_colormap(colormap) if colormap is not None else None
     source = _open(path, shape=shape, dtype=dtype, byte_order=byte_order, header_bytes=header_bytes,
-                   variable=variable, colours=cmap is not None)
+                   variable=variable, colours=cmap is not None, dataset=dataset,
+                   level=level)
     if cmap is None:
         return source
     try:
@@ -102,8 +112,11 @@ def open_source(
 
 
 def _open(path: str | os.PathLike[str], *, shape: Any, dtype: Any, byte_order: str, header_bytes: int,
-          variable: str | None, colours: bool) -> Source:
+          variable: str | None, colours: bool, dataset: str | None = None,
+          level: int | None = None) -> Source:
     text = os.fspath(path)
+    if dataset is not None and Path(text).suffix.lower() not in HDF5_EXTENSIONS:
+        raise InputError(f"--dataset is for HDF5 sources ({', '.join(HDF5_EXTENSIONS)}), not {text}: leave it out")
     p = Path(text)
     if not p.exists() and _is_glob(text):
         files = sorted((f for f in globmod.glob(text) if os.path.isfile(f)), key=_natural_key)
@@ -118,6 +131,10 @@ def _open(path: str | os.PathLike[str], *, shape: Any, dtype: Any, byte_order: s
     if p.is_dir():
         if ext == ".zarr" or any((p / m).exists() for m in ("zarr.json", ".zarray", ".zgroup")):
             _refuse_raw_options(p, "a Zarr store", shape, dtype, byte_order, header_bytes, variable)
+            if ome_levels(p) is not None:
+                return _ome_source(p, level or 0)
+            if level is not None:
+                raise InputError(f"--level is for OME-Zarr images, but {p} is a plain Zarr array: leave it out")
             return _array_source(open_volume(p, name="source"), path=str(p), kind="zarr")
         _refuse_raw_options(p, "a folder of slices", shape, dtype, byte_order, header_bytes, variable)
         files = _stack_files(p)
@@ -144,6 +161,9 @@ def _open(path: str | os.PathLike[str], *, shape: Any, dtype: Any, byte_order: s
     if ext == ".npy":
         _refuse_raw_options(p, "a NumPy file", shape, dtype, byte_order, header_bytes, variable)
         return _open_npy(p)
+    if ext in HDF5_EXTENSIONS:
+        _refuse_raw_options(p, "an HDF5 file", shape, dtype, byte_order, header_bytes, variable)
+        return Hdf5Source(p, dataset)
     if ext in NETCDF_EXTENSIONS:
         _refuse_raw_options(p, "a netCDF file", shape, dtype, byte_order, header_bytes, None)
         return NetcdfSource(p, variable)
@@ -157,6 +177,17 @@ def _open(path: str | os.PathLike[str], *, shape: Any, dtype: Any, byte_order: s
         f"source {p} has an extension ({ext or 'none'}) rockseg cannot read: give one of "
         f"{', '.join(SOURCE_EXTENSIONS)}, a folder of TIFF slices or a glob such as 'scan/*.tif'"
     )
+
+
+def _ome_source(path: Path, level: int) -> Source:
+    """Level ``level`` of an OME-Zarr image, with the voxel size of its multiscales metadata."""
+    array, size, unit = open_ome_level(path, level)
+    source = _array_source(array, path=str(path), kind="ome-zarr")
+    if size is not None:
+        source.voxel_size, source.voxel_unit = size, unit
+    if level:
+        source.attrs["ome_level"] = level
+    return source
 
 
 def _is_glob(text: str) -> bool:

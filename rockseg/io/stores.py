@@ -85,7 +85,7 @@ def open_volume(path: str | os.PathLike[str], *, name: str = "volume", mode: str
 
     Parameters
     ----------
-    path : path of a Zarr array store (a directory).
+    path : path of a Zarr array store (a directory), or of an OME-Zarr image (its level 0 is opened).
     name : what the store is, for error messages ("image", "labels", "prediction"...).
     mode : ``"r"`` (read only) or ``"r+"`` (read and write an existing array).
 
@@ -102,6 +102,10 @@ def open_volume(path: str | os.PathLike[str], *, name: str = "volume", mode: str
     try:
         return zarr.open_array(store=str(p), mode=mode)
     except Exception as exc:  # zarr raises several types for "not an array"
+        from rockseg.io.omezarr import ome_levels
+
+        if ome_levels(p) is not None:  # an OME-Zarr image: its full-resolution level
+            return zarr.open_array(store=str(p / ome_levels(p)[0]["path"]), mode=mode)
         raise InputError(
             f"{name} {p} is not a Zarr array ({type(exc).__name__}): give a .zarr array store, "
             f"or make one with 'rockseg convert'"
@@ -204,6 +208,16 @@ def check_crop(crop: Sequence[slice] | None, shape: Sequence[int], *, name: str)
             raise InputError(f"--crop range {lo}:{hi} is empty for an axis of length {n} of {name}")
         out.append(slice(lo, hi))
     return tuple(out)
+
+
+# The colour of each label, shared by every picture and viewer metadata rockseg writes (the score report's figures and
+# the OME-Zarr ``image-label`` colours): Matplotlib's tab10 without its red and pink, which mark errors in figures.
+PHASE_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#7f7f7f", "#bcbd22", "#17becf")
+
+
+def phase_colour(label: int) -> str:
+    """The colour (``"#rrggbb"``) of label ``label``, the same in every figure and viewer."""
+    return PHASE_COLOURS[int(label) % len(PHASE_COLOURS)]
 
 
 def phases_of(array: Any) -> dict[int, str]:

@@ -28,8 +28,15 @@ _PREFETCH_BYTES = 256 << 20
 
 
 @contextlib.contextmanager
-def _progress_bar(description: str, total: int, enabled: bool) -> Iterator[Callable[[int], None]]:
-    """Yield ``advance(nbytes)``; a rich progress bar on stderr when ``enabled``."""
+def _progress_bar(description: str, total: int,
+                  enabled: bool | Callable[[str], None]) -> Iterator[Callable[[int], None]]:
+    """Yield ``advance(nbytes)``; a rich progress bar on stderr when ``enabled`` is True, one log line per 5 % of
+    ``total`` with an ETA when it is a callable taking a line (no terminal: cron, Slurm)."""
+    if callable(enabled):
+        from rockseg.progress import LogLines
+
+        yield LogLines(description, total, enabled)
+        return
     if not enabled:
         yield lambda n: None
         return

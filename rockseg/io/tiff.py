@@ -51,6 +51,16 @@ def _needs_imagecodecs(exc: Exception) -> bool:
     return "imagecodecs" in str(exc)
 
 
+def _codec_error(path: Path | str, exc: Exception) -> InputError:
+    """The error for a TIFF whose compression neither tifffile (through imagecodecs) nor Pillow can decode here."""
+    found = re.search(r"(COMPRESSION|PREDICTOR)\.(\w+)", str(exc))
+    codec = f"{found.group(2)} {found.group(1).lower()}" if found else "a compression"
+    return InputError(
+        f"{path} uses {codec}, which this installation cannot decode: install the imagecodecs package "
+        f"(tifffile's codecs: pip install imagecodecs), or re-save the file uncompressed or with LZW"
+    )
+
+
 def _tiff_voxel_size(tif: Any, ndim: int) -> tuple[tuple[float, ...] | None, str | None]:
     """Voxel size from rockseg's own TIFF metadata, ImageJ metadata or the TIFF resolution tags.
 
@@ -60,6 +70,10 @@ def _tiff_voxel_size(tif: Any, ndim: int) -> tuple[tuple[float, ...] | None, str
     shaped = tif.shaped_metadata
     if shaped and isinstance(shaped[0], dict) and ATTR_VOXEL_SIZE in shaped[0]:
         size, unit = _voxel_from_attrs(shaped[0], ndim)
+        if size is not None:
+            return size, unit
+    if tif.is_ome:
+        size, unit = _ome_tiff_voxel_size(tif, ndim)
         if size is not None:
             return size, unit
     page = tif.pages.first
@@ -78,6 +92,29 @@ def _tiff_voxel_size(tif: Any, ndim: int) -> tuple[tuple[float, ...] | None, str
     spacing = ij.get("spacing")
     z = float(spacing) * factor if isinstance(spacing, (int, float)) and spacing > 0 else x
     return (z, y, x), "um"
+
+
+def _ome_tiff_voxel_size(tif: Any, ndim: int) -> tuple[tuple[float, ...] | None, str | None]:
+    """Voxel size from the OME-XML of an OME-TIFF (``PhysicalSizeX/Y/Z`` and their units, micrometres by default)."""
+    import tifffile
+
+    try:
+        image = tifffile.xml2dict(tif.ome_metadata)["OME"]["Image"]
+        pixels = (image[0] if isinstance(image, list) else image)["Pixels"]
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None, None
+    sizes = []
+    for axis in "ZYX"[-ndim:]:
+        value = pixels.get(f"PhysicalSize{axis}")
+        factor = _UNIT_TO_UM.get(str(pixels.get(f"PhysicalSize{axis}Unit", "um")).strip().lower())
+        if value is None and axis == "Z" and sizes == []:
+            value, factor = None, None  # filled from X below: CT voxels are nearly always cubic
+        elif not isinstance(value, (int, float)) or value <= 0 or factor is None:
+            return None, None
+        sizes.append(float(value) * factor if value is not None else None)
+    if sizes[0] is None:
+        sizes[0] = sizes[-1]
+    return tuple(sizes), "um"
 
 
 def _rational(tag: Any) -> float | None:
@@ -136,8 +173,12 @@ def _pillow_mode(image: Any) -> tuple[np.dtype, int]:
     return np.dtype(dtype), channels
 
 
-def _pillow_array(image: Any) -> np.ndarray:
+def _pillow_array(image: Any, *, indices: bool = False) -> np.ndarray:
+    """The image as an array; a palette image as its indices when ``indices`` (what tifffile returns), else as
+    its colours."""
     _, channels = _pillow_mode(image)
+    if indices and image.mode == "P":
+        return np.asarray(image)
     if image.mode in ("P", "PA"):
         image = image.convert("RGBA" if channels == 4 else "RGB")
     array = np.asarray(image)
@@ -147,21 +188,21 @@ def _pillow_array(image: Any) -> np.ndarray:
 class _PillowPages:
     """Pages of a TIFF decoded by Pillow (for compressions tifffile cannot decode here)."""
 
-    def __init__(self, path: Any) -> None:
+    def __init__(self, path: Any, cause: Exception, *, indices: bool) -> None:
         try:
             self._image = _pillow_open(path)
-        except Exception as exc:  # Pillow raises many types for a broken file
-            raise _tiff_error(path, exc) from None
-        self.path = path
+        except Exception:  # Pillow raises many types for a broken file
+            raise _codec_error(path, cause) from None
+        self.path, self._cause, self._indices = path, cause, indices
 
     def read(self, keys: Sequence[int] | None) -> np.ndarray:
         frames = []
         for key in keys if keys is not None else [0]:
             try:
                 self._image.seek(key)
-                frames.append(_pillow_array(self._image))
-            except (OSError, EOFError, ValueError) as exc:
-                raise _tiff_error(self.path, exc) from None
+                frames.append(_pillow_array(self._image, indices=self._indices))
+            except (OSError, EOFError, ValueError):
+                raise _codec_error(self.path, self._cause) from None
         return frames[0] if keys is None else np.stack(frames)
 
     def close(self) -> None:
@@ -224,7 +265,7 @@ class TiffSource(Source):
             except (KeyError, ValueError, struct.error) as exc:
                 if not _needs_imagecodecs(exc):
                     raise _tiff_error(self.path, exc) from None
-                self._pillow = _PillowPages(self.path)
+                self._pillow = _PillowPages(self.path, exc, indices=self.channels == 1)
         return self._pillow.read(keys)
 
     def _read_region(self, region: tuple[slice, ...]) -> np.ndarray:
@@ -307,7 +348,8 @@ def _read_slice(path: str) -> np.ndarray:
         except (KeyError, ValueError, struct.error, tifffile.TiffFileError) as exc:
             if not _needs_imagecodecs(exc):
                 raise _tiff_error(path, exc) from None
-        pages = _PillowPages(path)
+            cause, indices = exc, "S" not in series.axes
+        pages = _PillowPages(path, cause, indices=indices)
         try:
             return pages.read(None)
         finally:

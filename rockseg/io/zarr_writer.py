@@ -26,6 +26,7 @@ from rockseg.io.chunk_encoder import _ChunkFiles
 from rockseg.io.intensity import IntensityAccumulator
 from rockseg.io.options import _check_chunks, _check_shards
 from rockseg.io.sources import RegionSource, Source, _as_source
+from rockseg.io.omezarr import label_array_path, ome_output
 from rockseg.io.stores import (
     ATTR_DTYPE,
     ATTR_INTENSITY,
@@ -35,7 +36,6 @@ from rockseg.io.stores import (
     ATTR_SOURCE,
     ATTR_VOXEL_SIZE,
     ATTR_VOXEL_UNIT,
-    atomic_output,
     check_new_output,
     compressors_for,
     provenance,
@@ -61,14 +61,15 @@ def write_zarr(
     compressor: str = "blosc-zstd",
     attrs: dict[str, Any] | None = None,
     overwrite: bool = False,
-    progress: bool = False,
+    progress: bool | Callable[[str], None] = False,
 ) -> zarr.Array:
     """Write a source (or any array) to a new Zarr v3 array store, slab by slab, with its attributes.
 
     Parameters
     ----------
     source : a :class:`Source`, or a NumPy / Zarr array of shape (Z, Y, X) or (Y, X).
-    dest : the store to create (a directory, normally ``*.zarr``).
+    dest : the store to create (a directory, normally ``*.zarr``); a ``*.ome.zarr`` name makes an OME-Zarr image
+        (this array as its level 0, then a pyramid: :mod:`rockseg.io.omezarr`).
     chunks : chunk shape, one length per axis; default (64, 64, 64) for 3D and (512, 512) for 2D, clipped to the
         shape. Slabs of ``chunks[0]`` planes are read and written, in bands of whole chunk rows when a slab is over
         128 MB and the source can read part of a plane (raw, uncompressed TIFF, NumPy, Zarr, netCDF), so memory
@@ -81,7 +82,7 @@ def write_zarr(
     compressor : one of :data:`rockseg.io.stores.COMPRESSORS`.
     attrs : extra attributes, written last (they win over the computed ones).
     overwrite : replace an existing ``dest`` (only once the new store is complete).
-    progress : show a progress bar on stderr.
+    progress : show a progress bar on stderr (True), or log a line per 5 % with an ETA through this callable.
 
     Returns
     -------
@@ -112,7 +113,8 @@ def write_zarr(
     acc = IntensityAccumulator(source.dtype, total=int(np.prod(source.shape, dtype=np.int64)))
     dims = ("z", "y", "x")[-source.ndim :]
     slab, band, nbytes = _reads(source, shards or chunks)
-    with _writing(dest), atomic_output(dest, overwrite=overwrite) as tmp:
+    labels = ATTR_PHASES in (attrs or {}) or ATTR_PHASES in source.attrs
+    with _writing(dest), ome_output(dest, overwrite=overwrite, labels=labels) as tmp:
         # Every chunk is written, even one that holds only zeros: zarr's test for such chunks (a comparison with a
         # freshly filled array, per chunk) costs as much as compressing it, and a compressed empty chunk is tiny.
         array = zarr.create_array(store=str(tmp), shape=source.shape, chunks=chunks, shards=shards,
@@ -126,7 +128,7 @@ def write_zarr(
             else:
                 _write_with_zarr(source, blocks, array, acc, advance)
         array.attrs.update(_zarr_attributes(source, acc.result(), attrs))
-    return zarr.open_array(store=str(dest), mode="r+")
+    return zarr.open_array(store=str(label_array_path(dest)), mode="r+")
 
 
 def _reads(source: Source, grid: tuple[int, ...]) -> tuple[int, int, int | None]:

@@ -14,13 +14,13 @@ from typing import Any
 
 import numpy as np
 
+from rockseg.io.stores import phase_colour
+
 from rockseg.metrics.document import neighbourhood
 from rockseg.vocabulary import MAX_LABEL
 
 __all__ = ["draw_euler", "draw_fractions", "draw_iou", "draw_per_slice", "draw_slice", "phase_colours"]
 
-# Phase colours: Matplotlib's tab10 without its red and pink, which mark errors.
-_PHASE_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#7f7f7f", "#bcbd22", "#17becf")
 _FALSE_POSITIVE = "#d62728"
 _FALSE_NEGATIVE = "#1f3fbf"
 _TRUE_POSITIVE = "#c8c8c8"
@@ -32,8 +32,9 @@ _DPI = 100
 
 
 def phase_colours(phases: Sequence[Mapping[str, Any]]) -> dict[int, str]:
-    """Colour of each phase of a document (``{label: "#rrggbb"}``), in the order of its phases."""
-    return {p["label"]: _PHASE_COLOURS[i % len(_PHASE_COLOURS)] for i, p in enumerate(phases)}
+    """Colour of each phase of a document (``{label: "#rrggbb"}``): the colour of its label in every rockseg
+    picture and in the ``image-label`` metadata of OME-Zarr outputs (:func:`rockseg.io.stores.phase_colour`)."""
+    return {p["label"]: phase_colour(p["label"]) for p in phases}
 
 
 def _rgb(hex_colour: str) -> np.ndarray:

@@ -8,6 +8,9 @@
     one slice (the middle one across z by default): with truth, the true and predicted phases, the voxels where
     they disagree, and per phase its false positives (red) and false negatives (blue); without truth, the
     predicted phases.
+``worst-slice.png``
+    with truth and per-slice scores, the same for the slice of lowest mean IoU, where the errors are (unless it
+    is the slice above).
 ``iou.png``
     per-phase IoU bars (with truth).
 ``fractions.png``
@@ -188,6 +191,9 @@ def write_report(
         slice_true = np.asarray(truth[plane]) if truth is not None else None
         inside = (np.asarray(mask[plane]) != 0) if mask is not None else None
         pictures = _draw_pictures(tmp, doc, slice_pred, slice_true, inside, where, with_truth)
+        worst = _worst_slice(doc, view) if with_truth and len(shape) == 3 else None
+        if worst is not None:
+            pictures.insert(1, _draw_worst(tmp, doc, worst, region, pred, truth, mask))
         (tmp / "score.json").write_text(json.dumps(doc, indent=1) + "\n")
         (tmp / "score.csv").write_text(score_csv(doc))
         sources = {"prediction": pred_name, "truth": truth_name if truth is not None else None,
@@ -235,6 +241,34 @@ def _draw_pictures(
             + (", predicted (solid) and true (dashed)." if with_truth else "."),
         ))
     return pictures
+
+
+def _worst_slice(doc: Mapping[str, Any], view: tuple[int, int] | None) -> tuple[tuple[int, int], float] | None:
+    """The slice of lowest per-slice mean IoU (``((axis, index), IoU)``), when the document has per-slice scores
+    and it is not the slice ``view`` already drawn."""
+    per = doc.get("per_slice")
+    if not per or not per.get("mean_iou"):
+        return None
+    scores = [(v, i) for v, i in zip(per["mean_iou"], per["index"]) if v is not None and math.isfinite(v)]
+    if not scores:
+        return None
+    value, index = min(scores)
+    worst = (AXES.index(per["axis"]), int(index))
+    return None if worst == view else (worst, float(value))
+
+
+def _draw_worst(folder: Path, doc: Mapping[str, Any], worst: tuple[tuple[int, int], float],
+                region: tuple[slice, ...], pred: Any, truth: Any, mask: Any) -> tuple[str, str]:
+    """Draw ``worst-slice.png``, the slice where prediction and truth disagree most; its (file name, caption)."""
+    view, value = worst
+    where, plane = _plane(region, view)
+    inside = (np.asarray(mask[plane]) != 0) if mask is not None else None
+    phases = list(doc["phases"])
+    draw_slice(folder / "worst-slice.png", phases, phase_colours(phases), np.asarray(pred[plane]),
+               np.asarray(truth[plane]), inside, where)
+    caption = (f"Where the errors are: {where}, the slice of lowest mean IoU ({value:.4f}) across "
+               f"{AXES[view[0]]}. " + _slice_caption(where, True, inside is not None))
+    return "worst-slice.png", caption
 
 
 def _plane(region: tuple[slice, ...], view: tuple[int, int] | None) -> tuple[str, tuple[slice | int, ...]]:

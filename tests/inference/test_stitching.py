@@ -64,15 +64,16 @@ def test_export_and_preview(tmp_path, boxsum):
     s = stitch([tmp_path / "p.zarr"], tmp_path / "final.tif", preview=tmp_path / "preview.zarr")
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "final.tif"), expected_boxsum(data))
     group = zarr.open_group(str(tmp_path / "preview.zarr"), mode="r")
-    assert s["preview_levels"] == 0  # already small: no level needed
+    assert s["preview_levels"] == 1  # already small: level 0 (full resolution) only
+    np.testing.assert_array_equal(group["0"][...], expected_boxsum(data))
     from rockseg.inference.stitching import write_preview
 
     levels = write_preview(zarr.open_array(str(tmp_path / "p.zarr")), tmp_path / "pyr.zarr", smallest=10)
     group = zarr.open_group(str(tmp_path / "pyr.zarr"), mode="r")
-    assert levels == 2
+    assert levels == 3
     np.testing.assert_array_equal(group["1"][...], expected_boxsum(data)[::2, ::2, ::2])
     np.testing.assert_array_equal(group["2"][...], expected_boxsum(data)[::4, ::4, ::4])
-    assert [d["path"] for d in group.attrs["multiscales"][0]["datasets"]] == ["1", "2"]
+    assert [d["path"] for d in group.attrs["ome"]["multiscales"][0]["datasets"]] == ["0", "1", "2"]
 
 
 def test_incomplete_and_mismatched_inputs(tmp_path, boxsum):

@@ -44,8 +44,8 @@ def test_unknown_extensions_list_the_supported_ones(tmp_path):
     msg = expect_error(tmp_path, InputError, "v.dat has an extension \\(.dat\\)", tmp_path / "v.dat")
     assert ".nc" in msg and ".tif" in msg and ".raw" in msg and ".npy" in msg and ".zarr" in msg
     np.save(tmp_path / "v.npy", np.zeros((2, 3, 4), np.uint8))
-    msg = expect_error(tmp_path, InputError, "output .*out.h5 has an extension", tmp_path / "v.npy", "out.h5")
-    assert ".zarr" in msg and ".tif" in msg
+    msg = expect_error(tmp_path, InputError, "output .*out.vtk has an extension", tmp_path / "v.npy", "out.vtk")
+    assert ".zarr" in msg and ".tif" in msg and ".h5" in msg
 
 
 def test_empty_folder(tmp_path):

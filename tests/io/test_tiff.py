@@ -110,3 +110,107 @@ def test_palette_lzw_tiff_from_a_lab_converts_to_its_labels(tmp_path):
     assert out.shape == (250, 300, 300) and out.dtype == np.uint8
     np.testing.assert_array_equal(out, want)
     assert set(np.unique(out)) == {0, 1, 2}
+
+
+MIXEDWET = BEREA.parents[1] / "icl-mixedwet-250" / "MW_fw0.tif"
+
+
+@pytest.mark.skipif(not MIXEDWET.exists(), reason="../shared/data/icl-mixedwet-250 is not here")
+def test_palette_lzw_tiff_matches_pillow_and_its_published_fractions(tmp_path):
+    # Independent reference: Pillow's own LZW decoder, palette indices of every page; SOURCE.md's phase fractions
+    from PIL import Image
+
+    convert(MIXEDWET, tmp_path / "icl.zarr")
+    out = read_zarr(tmp_path / "icl.zarr")[:]
+    with Image.open(MIXEDWET) as image:
+        for z in (0, 1, 124, 249):
+            image.seek(z)
+            assert image.mode == "P"
+            np.testing.assert_array_equal(out[z], np.asarray(image))
+    fractions = np.bincount(out.ravel(), minlength=3) / out.size
+    np.testing.assert_allclose(fractions, [0.016, 0.211, 0.773], atol=5e-4)
+
+
+def _without_imagecodecs(monkeypatch):
+    """tifffile as if the imagecodecs package were not installed (its codec cache emptied, the import failing)."""
+    import types
+
+    monkeypatch.setattr(tifffile.tifffile, "imagecodecs", types.ModuleType("imagecodecs"))  # no codec in it
+    monkeypatch.setattr(tifffile.TIFF.DECOMPRESSORS, "_codecs", {1: tifffile.TIFF.DECOMPRESSORS._codecs.get(1)})
+
+
+def test_palette_lzw_without_imagecodecs_still_gives_indices(tmp_path, monkeypatch):
+    # Pillow decodes LZW when imagecodecs is missing: the palette indices must come back, not their colours
+    vol = random_volume((4, 9, 10), "uint8") % 3
+    cmap = np.zeros((3, 256), np.uint16)
+    cmap[:, :3] = [[65535, 0, 0], [0, 65535, 0], [0, 0, 65535]]
+    tifffile.imwrite(tmp_path / "p.tif", vol, photometric="palette", colormap=cmap, compression="lzw")
+    _without_imagecodecs(monkeypatch)
+    convert(tmp_path / "p.tif", tmp_path / "p.zarr")
+    np.testing.assert_array_equal(read_zarr(tmp_path / "p.zarr")[:], vol)
+
+
+def test_a_codec_that_is_really_missing_is_named_with_its_package(tmp_path, monkeypatch):
+    vol = random_volume((3, 8, 8), "uint8")
+    tifffile.imwrite(tmp_path / "z.tif", vol, compression="png", photometric="minisblack")
+    _without_imagecodecs(monkeypatch)
+    with pytest.raises(InputError, match=r"z\.tif uses PNG compression.*imagecodecs.*pip install imagecodecs"):
+        convert(tmp_path / "z.tif", tmp_path / "z.zarr")
+    assert not (tmp_path / "z.zarr").exists()
+
+
+@pytest.mark.parametrize("name,options", [
+    ("lzw", {"compression": "lzw"}),
+    ("deflate", {"compression": "zlib"}),
+    ("zstd", {"compression": "zstd"}),
+    ("tiled", {"tile": (16, 16), "compression": "lzw"}),
+    ("bigtiff", {"bigtiff": True, "compression": "zlib"}),
+    ("predictor", {"compression": "lzw", "predictor": True}),
+])
+def test_tiffs_as_labs_write_them(tmp_path, name, options):
+    vol = random_volume((5, 40, 36), "uint16")
+    tifffile.imwrite(tmp_path / f"{name}.tif", vol, photometric="minisblack", **options)
+    convert(tmp_path / f"{name}.tif", tmp_path / f"{name}.zarr", chunks=(2, 16, 16))
+    np.testing.assert_array_equal(read_zarr(tmp_path / f"{name}.zarr")[:], vol)
+
+
+def test_jpeg_tiff_decodes_like_pillow(tmp_path):
+    from PIL import Image
+
+    vol = (random_volume((3, 32, 32), "uint8") // 64 * 64).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "j.tif", vol, photometric="minisblack", compression="jpeg")
+    convert(tmp_path / "j.tif", tmp_path / "j.zarr")
+    out = read_zarr(tmp_path / "j.zarr")[:]
+    with Image.open(tmp_path / "j.tif") as image:
+        for z in range(3):
+            image.seek(z)
+            assert np.abs(out[z].astype(int) - np.asarray(image).astype(int)).max() <= 1  # lossy: decoders agree
+
+
+def test_ome_tiff_and_imagej_hyperstack_voxel_sizes(tmp_path):
+    vol = random_volume((4, 6, 7), "uint8")
+    tifffile.imwrite(tmp_path / "o.ome.tif", vol, ome=True, compression="zlib",
+                     metadata={"axes": "ZYX", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5, "PhysicalSizeZ": 2.0,
+                               "PhysicalSizeZUnit": "nm"})
+    tifffile.imwrite(tmp_path / "hyper.tif", vol[:, None], imagej=True, metadata={"axes": "ZCYX", "spacing": 3.0, "unit": "um"},
+                     resolution=(1 / 1.5, 1 / 1.5))
+    with open_source(tmp_path / "o.ome.tif") as s:
+        assert s.voxel_size == pytest.approx((0.002, 0.5, 0.5)) and s.voxel_unit == "um"
+        np.testing.assert_array_equal(s.read(0, 4), vol)
+    with open_source(tmp_path / "hyper.tif") as s:  # one channel: a plain stack
+        assert s.shape == vol.shape and s.voxel_size == pytest.approx((3.0, 1.5, 1.5))
+        np.testing.assert_array_equal(s.read(0, 4), vol)
+    two = np.stack([vol, vol], axis=1)
+    tifffile.imwrite(tmp_path / "two.tif", two, imagej=True, metadata={"axes": "ZCYX"})
+    with pytest.raises(InputError, match=r"two\.tif holds .* \(axes ZCYX\).*save each channel"):
+        open_source(tmp_path / "two.tif")
+
+
+def test_rgb_lzw_pages_read_through_a_colour_map(tmp_path):
+    labels = random_volume((3, 8, 9), "uint8") % 2
+    rgb = np.zeros((*labels.shape, 3), np.uint8)
+    rgb[labels == 1] = (255, 0, 0)
+    rgb[labels == 0] = (0, 0, 255)
+    tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb", compression="lzw")
+    convert(tmp_path / "rgb.tif", tmp_path / "rgb.zarr", colormap="0,0,255=0:pore;255,0,0=1:solid")
+    np.testing.assert_array_equal(read_zarr(tmp_path / "rgb.zarr")[:], labels)

@@ -70,7 +70,7 @@ def test_report_with_truth_mask_and_per_slice(tmp_path):
     out = tmp_path / "report"
     result = write_report(out, doc=doc, pred=pred, truth=truth, mask=mask, pred_name="pred.zarr",
                           truth_name="labels.zarr", mask_name="fov.zarr")
-    pictures = ["euler.png", "fractions.png", "iou.png", "per_slice.png", "slice.png"]
+    pictures = ["euler.png", "fractions.png", "iou.png", "per_slice.png", "slice.png", "worst-slice.png"]
     assert result["files"] == sorted(pictures + ["index.html", "score.csv", "score.json"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]  # no temporary folder left behind
     check_pngs(out, pictures)
@@ -89,6 +89,11 @@ def test_report_with_truth_mask_and_per_slice(tmp_path):
         assert f"<td>{phase['euler_pred']}</td><td>{phase['euler_true']}</td></tr>" in page
     for row in doc["confusion"]:
         assert "".join(f"<td>{v}</td>" for v in row) + "</tr>" in page
+    # the slice where the errors are: the lowest per-slice mean IoU, found independently here
+    per = doc["per_slice"]
+    worst = per["index"][int(np.nanargmin(np.array(per["mean_iou"], dtype=float)))]
+    assert f"slice z = {worst}, the slice of lowest mean IoU" in page
+    assert page.index('"slice.png"') < page.index('"worst-slice.png"') < page.index('"iou.png"')
 
 
 def test_report_without_truth_of_a_zarr_crop(tmp_path):
@@ -221,3 +226,89 @@ def test_cli_bad_input_exit_2_with_one_line(stores):
         assert expected in lines[0], (args, lines[0])
         assert result.stdout == ""
     assert not (stores["dir"] / "r").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The page in a real browser
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_phase_colours_are_the_ome_zarr_label_colours(tmp_path):
+    from rockseg.io.omezarr import write_image_metadata
+
+    phases = [{"label": 0, "name": "pore"}, {"label": 2, "name": "clay"}, {"label": 9, "name": "pyrite"}]
+    zarr.open_group(str(tmp_path / "g.zarr"), mode="w")
+    ome = write_image_metadata(tmp_path / "g.zarr", ndim=3, levels=1, phases={p["label"]: p["name"] for p in phases})
+    from_ome = {c["label-value"]: "#%02x%02x%02x" % tuple(c["rgba"][:3]) for c in ome["image-label"]["colors"]}
+    assert report.phase_colours(phases) == from_ome
+
+
+def _chromium() -> str:
+    """The path of a headless-capable Chromium; installed with apt-get as root when missing, else the test skips."""
+    import os
+    import shutil
+    import subprocess
+
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if shutil.which(name):
+            return shutil.which(name)
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        pytest.skip("Chromium is not installed and this user cannot install it (apt-get install chromium as root)")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    cmd = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium"]
+    if subprocess.run(cmd, capture_output=True, env=env, timeout=900).returncode != 0:
+        subprocess.run(["apt-get", "update", "-qq"], capture_output=True, env=env, timeout=300)
+        if subprocess.run(cmd, capture_output=True, env=env, timeout=900).returncode != 0:
+            pytest.skip("Chromium is not installed and 'apt-get install chromium' failed (no network?)")
+    return shutil.which("chromium")
+
+
+_CHECK_SCRIPT = """<script>
+window.addEventListener("load", () => {
+  const seen = Array.from(document.images).map(i => ({src: i.getAttribute("src"), ok: i.complete && i.naturalWidth > 0,
+                                                      width: i.naturalWidth, shown: i.getBoundingClientRect().width}));
+  const out = document.createElement("pre");
+  out.id = "rockseg-check";
+  out.textContent = JSON.stringify(seen);
+  document.body.appendChild(out);
+});
+</script></body>"""
+
+
+@pytest.mark.slow
+def test_report_in_headless_chromium_shows_every_picture(tmp_path):
+    import html
+    import re
+    import shutil
+    import subprocess
+
+    browser = _chromium()
+    pred, truth = two_phase_pair((24, 40, 48))
+    pred[18:22, 5:30, 5:30] = 2  # the errors are far from the middle slice: the worst slice must show them
+    doc = score_volumes(pred, truth, phases={0: "pore", 1: "grain", 2: "clay"}, per_slice="z")
+    out = tmp_path / "report"
+    write_report(out, doc=doc, pred=pred, truth=truth)
+    pictures = sorted(p.name for p in out.glob("*.png"))
+    assert "worst-slice.png" in pictures
+    # a copy of the page that lists what the browser loaded (the report itself stays script-free)
+    check = tmp_path / "check"
+    shutil.copytree(out, check)
+    (check / "index.html").write_text((out / "index.html").read_text().replace("</body>", _CHECK_SCRIPT))
+    flags = [browser, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+             "--virtual-time-budget=10000", "--window-size=1280,2400"]
+    dom = subprocess.run([*flags, "--dump-dom", (check / "index.html").as_uri()], capture_output=True, text=True,
+                         timeout=120)
+    found = re.search(r'<pre id="rockseg-check">(.*?)</pre>', dom.stdout, re.S)
+    assert found, dom.stderr[-2000:]
+    seen = json.loads(html.unescape(found.group(1)))
+    assert sorted(s["src"] for s in seen) == pictures
+    assert all(s["ok"] and s["width"] > 100 and s["shown"] > 100 for s in seen), seen
+    shot = tmp_path / "page.png"
+    subprocess.run([*flags, f"--screenshot={shot}", (out / "index.html").as_uri()], capture_output=True,
+                   timeout=120)
+    from PIL import Image
+
+    with Image.open(shot) as image:
+        assert image.size == (1280, 2400)
+        colours = image.convert("RGB").getcolors(maxcolors=1 << 20)
+    assert colours is not None and len(colours) > 50  # a page with pictures, not a blank or an error page

@@ -66,7 +66,7 @@ def test_dense_labels_sample_as_before(pair, tmp_path):
     img, _, image, labels = pair
     dense = write(tmp_path / "dense.zarr", labels)
     a = make_tiles(img, dense, tmp_path / "a.zarr", dims=3, size=8, count=8)
-    b = make_tiles(img, dense, tmp_path / "b.zarr", dims=3, size=8, count=8, unlabelled=None)
+    make_tiles(img, dense, tmp_path / "b.zarr", dims=3, size=8, count=8, unlabelled=None)
     oa = zarr.open_group(str(tmp_path / "a.zarr"))["train/origins"][...]
     ob = zarr.open_group(str(tmp_path / "b.zarr"))["train/origins"][...]
     np.testing.assert_array_equal(oa, ob)
