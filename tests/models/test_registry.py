@@ -59,7 +59,7 @@ def test_tile_multiple_equals_the_divisor_the_network_needs():
         with torch.no_grad():
             assert model(x).shape[2:] == x.shape[2:], (arch, args)
     assert tile_multiple("unet", {}) == 8  # the defaults
-    assert tile_multiple("unet", read_model_file(DEFAULT_MODEL)["arch_args"]) == 8
+    assert tile_multiple("unet", read_model_file(DEFAULT_MODEL)["arch_args"]) == 16  # the shipped model: depth 4
 
 
 def test_bad_architecture_specific_arguments():
