@@ -101,8 +101,9 @@ def print_score(title: str, doc: dict, *, per_slice: bool) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- sandstone
-def sandstone(work: Path, minutes: float) -> dict:
-    print("== sandstone-versa: 2D model on 8 real slices, scored on 2 held-out slices", flush=True)
+def sandstone_stores(work: Path) -> dict[str, Path]:
+    """The 8 training and 2 held-out sandstone-versa slices as folders of links (``dirs``) and as
+    ``{train,test}_{image,labels}.zarr`` in ``work``; returns the folders."""
     dirs = {name: work / name for name in ("train_images", "train_labels", "test_images", "test_labels")}
     for d in dirs.values():
         d.mkdir(parents=True, exist_ok=True)
@@ -116,6 +117,12 @@ def sandstone(work: Path, minutes: float) -> dict:
         rockseg("convert", dirs[f"{part}_images"], work / f"{part}_image.zarr", "--overwrite")
         rockseg("convert", dirs[f"{part}_labels"], work / f"{part}_labels.zarr", "--phases", SANDSTONE_PHASES,
                 "--overwrite")
+    return dirs
+
+
+def sandstone(work: Path, minutes: float) -> dict:
+    print("== sandstone-versa: 2D model on 8 real slices, scored on 2 held-out slices", flush=True)
+    dirs = sandstone_stores(work)
 
     test_img = np.stack([tifffile.imread(p) for p in sorted(dirs["test_images"].iterdir())])
     test_lab = np.stack([tifffile.imread(p) for p in sorted(dirs["test_labels"].iterdir())])

@@ -5,7 +5,7 @@
 Every arm of a comparison gets the same wall-time budget (``--minutes``, default 3) on the CPU, so the figures are
 about what a lab gets in a given time; on a shared machine compare the arms of one run, not absolute times.
 
-1. ``finetune``: the real Berea geometry (a 160 x 128 x 128 block of berea-400 that the shipped models never saw)
+1. ``finetune``: the real Berea geometry (a 160 x 128 x 128 block of berea-400 at z >= 240; its test part, z >= 352, is beyond the z < 256 the shipped models saw)
    rendered by :func:`rockseg.synthetic.realistic_scan` (the hard scanner), pore vs solid (the rim counted as
    solid). A 3D UNet of the shipped default's shape trained on z < 112 from scratch, against ``--init default``
    (the shipped synthetic-rock model) fine-tuned with ``--freeze-encoder-epochs 1``; both scored on z >= 112.
@@ -34,7 +34,7 @@ import tifffile
 import zarr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accuracy import BEREA, HELD_OUT, SANDSTONE, SANDSTONE_PHASES, iou_table, rockseg  # noqa: E402
+from accuracy import BEREA, iou_table, rockseg, sandstone_stores  # noqa: E402
 
 from rockseg.inference import PredictConfig, predict  # noqa: E402
 from rockseg.synthetic import ScanOptions, realistic_scan  # noqa: E402
@@ -165,19 +165,7 @@ def sparse(work: Path, paths: dict[str, Path], minutes: float, threads: int) -> 
 
 def pix2pix(work: Path, minutes: float, threads: int) -> None:
     print(f"== sandstone-versa 2D: UNet vs pix2pix, {minutes:g} min each", flush=True)
-    dirs = {name: work / name for name in ("train_images", "train_labels", "test_images", "test_labels")}
-    for d in dirs.values():
-        d.mkdir(parents=True, exist_ok=True)
-    for image in sorted((SANDSTONE / "images").glob("Sandstone_Versa*.tif")):
-        part = "test" if any(z in image.name for z in HELD_OUT) else "train"
-        for kind, src in (("images", image), ("labels", SANDSTONE / "labels" / image.name)):
-            link = dirs[f"{part}_{kind}"] / image.name
-            if not link.exists():
-                link.symlink_to(src.resolve())
-    for part in ("train", "test"):
-        rockseg("convert", dirs[f"{part}_images"], work / f"{part}_image.zarr", "--overwrite")
-        rockseg("convert", dirs[f"{part}_labels"], work / f"{part}_labels.zarr", "--phases", SANDSTONE_PHASES,
-                "--overwrite")
+    sandstone_stores(work)
     rockseg("tile", work / "train_image.zarr", work / "train_labels.zarr", "-o", work / "sv-tiles.zarr", "--dims", 2,
             "--size", 128, "--val-fraction", 0.125, "--overwrite")
     truth = zarr.open_array(str(work / "test_labels.zarr"), mode="r")[...]

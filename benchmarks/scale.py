@@ -28,37 +28,16 @@ import argparse
 import itertools
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import zarr
 
+from predict_memory import peak_rss_mib  # benchmarks/ is on the path when run as a script
+
 ROCKSEG = [sys.executable, "-m", "rockseg"]
-
-
-def run_measured(cmd: list[str]) -> tuple[float, float, str]:
-    """Run ``cmd`` in a child: its peak resident memory (MiB), wall seconds and stdout."""
-    start = time.perf_counter()
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True)
-        peak = 0.0
-        while proc.poll() is None:
-            try:
-                with open(f"/proc/{proc.pid}/status") as f:
-                    peak = max([peak] + [int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM")])
-            except (OSError, ValueError):  # the child has just ended
-                pass
-            time.sleep(0.05)
-        wall = time.perf_counter() - start
-        out.seek(0)
-        err.seek(0)
-        if proc.returncode != 0:
-            raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{err.read()}")
-        return peak, wall, out.read().strip()
 
 
 def count_files(*paths: Path) -> int:
@@ -108,7 +87,7 @@ def case_pipeline(work: Path, sizes: list[int], model: Path) -> None:
         }
         for step, cmd in steps.items():
             before = count_files(pred, final)
-            rss, wall, _ = run_measured(cmd)
+            rss, wall, _ = peak_rss_mib(cmd)
             files = count_files(pred, final) - before
             rows[n, step] = (wall / n**3 * 1e9, rss)
             print(f"{n:>5}³ {step:>8} {wall:8.1f} {wall / n**3 * 1e9:9.2f} {rss:8.0f} {files:7d}", flush=True)
@@ -149,20 +128,20 @@ def case_dry_run(work: Path, n: int, model: Path) -> None:
     vol, pred = work / f"empty{n}.zarr", work / f"emptypred{n}.zarr"
     if not vol.exists():
         zarr.create_array(store=str(vol), shape=(n, n, n), chunks=(256, 256, 256), dtype="uint8", fill_value=0)
-    rss, wall, _ = run_measured(ROCKSEG[:1] + ["-c", "import sys; import zarr; from rockseg.io.intensity import "
+    rss, wall, _ = peak_rss_mib(ROCKSEG[:1] + ["-c", "import sys; import zarr; from rockseg.io.intensity import "
                                               "intensity_stats, save_stats; a = zarr.open_array(sys.argv[1]); "
                                               "save_stats(a, sys.argv[1], intensity_stats(a))", str(vol)])
     print(f"statistics of the {n}³ store (a fixed sample of its chunks): {wall:.1f} s, peak RSS {rss:.0f} MiB")
-    rss, wall, units = run_measured(ROCKSEG[:1] + ["-c", _PLAN, str(vol), str(pred), str(model)])
+    rss, wall, units = peak_rss_mib(ROCKSEG[:1] + ["-c", _PLAN, str(vol), str(pred), str(model)])
     print(f"creating the prediction and 1,000 completion logs: {wall:.1f} s ({units} shards)")
     task = ROCKSEG + ["predict", str(vol), "-m", str(model), "-o", str(pred), "--device", "cpu", "--tile", "96",
                       "--halo", "8", "--part", "7/1000"]
-    rss, wall, out = run_measured(task)
+    rss, wall, out = peak_rss_mib(task)
     print(f"one part task with nothing to do: {wall:.2f} s, peak RSS {rss:.0f} MiB ({out.splitlines()[-1][:90]})")
-    rss, wall, inside = run_measured(ROCKSEG[:1] + ["-c", _CHECK, str(pred)])
+    rss, wall, inside = peak_rss_mib(ROCKSEG[:1] + ["-c", _CHECK, str(pred)])
     print(f"stitch's completeness check: {float(inside):.3f} s listing and comparing ({wall:.2f} s with Python's "
           f"start and imports), peak RSS {rss:.0f} MiB")
-    _, start, _ = run_measured(ROCKSEG + ["--version"])
+    _, start, _ = peak_rss_mib(ROCKSEG + ["--version"])
     print(f"(for comparison, 'rockseg --version' takes {start:.2f} s here)")
     records = count_files(pred / ".rockseg")
     shards = int(units)
@@ -193,11 +172,11 @@ def case_wide(work: Path, w: int, model: Path) -> None:
         cmd = ROCKSEG + ["predict", str(vol), "-m", str(model), "-o", str(work / f"wide{w}-pred.zarr"),
                          "--device", "cpu", "--crop", "0:64,0:64,0:64", "--tile", "32", "--halo", "4",
                          "--overwrite"]
-        rss, wall, _ = run_measured(cmd)
+        rss, wall, _ = peak_rss_mib(cmd)
         stored = zarr.open_array(str(vol)).attrs.get("intensity")
         where = "stored in the volume" if stored else "not stored"
         print(f"{label}: {wall:.1f} s, peak RSS {rss:.0f} MiB (target <= 1024); statistics {where}", flush=True)
-    _, start, _ = run_measured(ROCKSEG + ["--version"])
+    _, start, _ = peak_rss_mib(ROCKSEG + ["--version"])
     print(f"(for comparison, 'rockseg --version' takes {start:.2f} s here; a 64^3 predict alone is a few s more)")
 
 
