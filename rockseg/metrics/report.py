@@ -301,6 +301,7 @@ def _slice_caption(where: str, with_truth: bool, masked: bool) -> str:
 
 _STYLE = """
 body { font-family: sans-serif; margin: 2em; max-width: 1200px; color: #222; }
+div.table { overflow-x: auto; }
 table { border-collapse: collapse; margin: 0.5em 0 1.5em 0; }
 th, td { border: 1px solid #bbb; padding: 0.25em 0.6em; text-align: right; }
 th { background: #eee; }
@@ -329,8 +330,9 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], left: int = 1) 
             out.append(f"<{tag}{attr}>{c if tag == 'th' else _cell(c)}</{tag}>")
         return "<tr>" + "".join(out) + "</tr>"
 
-    head = line([html.escape(h) for h in header], "th")
-    return "<table>\n" + head + "\n" + "\n".join(line(r, "td") for r in rows) + "\n</table>"
+    # header words may wrap (euler pred mean), and a table wider than the page scrolls instead of being cut off
+    head = line([html.escape(h.replace("_", " ")) for h in header], "th")
+    return '<div class="table"><table>\n' + head + "\n" + "\n".join(line(r, "td") for r in rows) + "\n</table></div>"
 
 
 def _html(
