@@ -1,0 +1,156 @@
+"""Outputs you can trust (issue 17): masks through fusion, resume identity, probability stores, overlapping
+parts, durable completion and creation failures; each test failed before its fix."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import zarr
+
+from rockseg.errors import OutputExistsError, OutputWriteError
+from rockseg.inference import PredictConfig, predict
+from rockseg.inference.stitching import stitch
+from rockseg.inference.store import Prediction
+from rockseg.vocabulary import OUTSIDE
+from tests.helpers import binary_volume
+
+
+def _mask(path, shape):
+    m = zarr.create_array(store=str(path), shape=shape, chunks=shape, dtype="uint8")
+    keep = np.zeros(shape, np.uint8)
+    keep[2:-3, 1:-2, 4:] = 1
+    m[...] = keep
+    return keep
+
+
+def test_fusion_by_probability_keeps_the_outside_of_a_mask(tmp_path, boxsum):
+    binary_volume(tmp_path / "v.zarr", (16, 18, 20))
+    keep = _mask(tmp_path / "mask.zarr", (16, 18, 20))
+    model = boxsum(tmp_path / "m.pt")
+    preds = []
+    for name in "ab":
+        cfg = PredictConfig(block=8, device="cpu", mask=str(tmp_path / "mask.zarr"),
+                            probabilities=str(tmp_path / f"probs-{name}.zarr"))
+        predict(tmp_path / "v.zarr", tmp_path / f"{name}.zarr", model=model, config=cfg)
+        preds.append(tmp_path / f"{name}.zarr")
+    s = stitch(preds, tmp_path / "f.zarr")
+    assert s["method"] == "mean-probability"
+    fused = zarr.open_array(str(tmp_path / "f.zarr"))[...]
+    assert (fused[keep == 0] == OUTSIDE).all()
+    np.testing.assert_array_equal(fused[keep == 1], zarr.open_array(str(tmp_path / "a.zarr"))[...][keep == 1])
+
+
+def test_a_resume_with_another_input_volume_is_refused(tmp_path, boxsum):
+    binary_volume(tmp_path / "v.zarr", (16, 16, 16))
+    binary_volume(tmp_path / "w.zarr", (16, 16, 16), seed=1)
+    model = boxsum(tmp_path / "m.pt")
+    predict(tmp_path / "v.zarr", tmp_path / "p.zarr", model=model, config=PredictConfig(block=8, device="cpu",
+                                                                                        part=(0, 2)))
+    with pytest.raises(OutputExistsError, match=r"input .*fingerprint"):
+        predict(tmp_path / "w.zarr", tmp_path / "p.zarr", model=model,
+                config=PredictConfig(block=8, device="cpu", part=(1, 2)))
+    # the same volume resumes, and --overwrite starts again with the other
+    assert predict(tmp_path / "v.zarr", tmp_path / "p.zarr", model=model,
+                   config=PredictConfig(block=8, device="cpu", part=(1, 2)))["complete"]
+    assert predict(tmp_path / "w.zarr", tmp_path / "p.zarr", model=model, overwrite=True,
+                   config=PredictConfig(block=8, device="cpu"))["complete"]
+
+
+def test_an_old_probability_store_is_not_reused(tmp_path, boxsum):
+    binary_volume(tmp_path / "v.zarr", (16, 16, 16))
+    binary_volume(tmp_path / "w.zarr", (16, 16, 16), seed=1)
+    model = boxsum(tmp_path / "m.pt")
+    probs = str(tmp_path / "probs.zarr")
+    predict(tmp_path / "w.zarr", tmp_path / "old.zarr", model=model,
+            config=PredictConfig(block=8, device="cpu", probabilities=probs))
+    with pytest.raises(OutputExistsError, match="probs.zarr"):
+        predict(tmp_path / "v.zarr", tmp_path / "p.zarr", model=model,
+                config=PredictConfig(block=8, device="cpu", probabilities=probs))
+    assert not (tmp_path / "p.zarr").exists()
+    # --overwrite clears it even though the label output does not exist yet
+    predict(tmp_path / "v.zarr", tmp_path / "p.zarr", model=model, overwrite=True,
+            config=PredictConfig(block=8, device="cpu", probabilities=probs))
+    assert str(tmp_path / "v.zarr") in zarr.open_array(probs).attrs["source"]
+
+
+def test_overlapping_parts_never_run_a_unit_claimed_by_a_live_run(tmp_path, boxsum, monkeypatch):
+    import socket
+
+    from rockseg.inference import engine
+    from rockseg.inference.grid import part_blocks
+
+    binary_volume(tmp_path / "v.zarr", (16, 16, 16))
+    model = boxsum(tmp_path / "m.pt")
+    predict(tmp_path / "v.zarr", tmp_path / "p.zarr", model=model, config=PredictConfig(block=8, device="cpu",
+                                                                                        part=(1, 2)))
+    pred = Prediction(tmp_path / "p.zarr")
+    theirs = part_blocks(pred.units(), (0, 2))
+    ran = []
+    real = engine._Engine.run_block
+    monkeypatch.setattr(engine._Engine, "run_block", lambda self, i: ran.append(i) or real(self, i))
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:  # a live run of part 0/2 (that other process) has claimed its units
+        claims = tmp_path / "p.zarr" / ".rockseg" / "claims"
+        claims.mkdir()
+        for u in theirs:
+            (claims / ".".join(map(str, u))).write_text(f"{socket.gethostname()} {other.pid} 2026-12-07T12:00:00\n")
+        s = predict(tmp_path / "v.zarr", tmp_path / "p.zarr", model=model, config=PredictConfig(block=8, device="cpu"))
+        assert ran == [] and not s["complete"]
+    finally:
+        other.kill()
+        other.wait()
+    # once that run is dead, its claims are taken over
+    s = predict(tmp_path / "v.zarr", tmp_path / "p.zarr", model=model, config=PredictConfig(block=8, device="cpu"))
+    assert s["complete"] and sorted(ran) == sorted(theirs)
+
+
+def test_a_shard_is_flushed_before_its_record(tmp_path, boxsum, monkeypatch):
+    from rockseg.inference import store
+
+    binary_volume(tmp_path / "v.zarr", (16, 16, 16))
+    model = boxsum(tmp_path / "m.pt")
+    events = []
+    fsync = os.fsync
+
+    def spy(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        return fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    write = store.CompletionLog.record
+    monkeypatch.setattr(store.CompletionLog, "record",
+                        lambda self, unit, **f: events.append(("record", unit)) or write(self, unit, **f))
+    predict(tmp_path / "v.zarr", tmp_path / "p.zarr", model=model, config=PredictConfig(block=8, device="cpu"))
+    out = str((tmp_path / "p.zarr").resolve())
+    records = [i for i, e in enumerate(events) if e[0] == "record"]
+    assert len(records) == 8
+    for i in records:
+        unit = events[i][1]
+        shard = os.path.join(out, "c", *map(str, unit))
+        synced = [e[1] for e in events[:i] if e[0] == "fsync"]
+        assert shard in synced and os.path.dirname(shard) in synced
+    lines = (tmp_path / "p.zarr" / ".rockseg" / "records" / "all").read_text().splitlines()
+    assert all("crc32c=" in line for line in lines)
+
+
+def test_a_failed_rename_says_why(tmp_path, boxsum, monkeypatch):
+    from rockseg.inference import store
+
+    binary_volume(tmp_path / "v.zarr", (16, 16, 16))
+    model = boxsum(tmp_path / "m.pt")
+
+    def refuse(src, dst):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(store.os, "rename", refuse)
+    for probs in (None, str(tmp_path / "probs.zarr")):
+        with pytest.raises(OutputWriteError, match="Permission denied"):
+            predict(tmp_path / "v.zarr", tmp_path / "p.zarr", model=model,
+                    config=PredictConfig(block=8, device="cpu", probabilities=probs))
+        assert not (tmp_path / "p.zarr").exists() and not (tmp_path / "probs.zarr").exists()
+    assert not [p for p in tmp_path.iterdir() if "partial" in p.name]
