@@ -96,7 +96,7 @@ def test_overlapping_parts_never_run_a_unit_claimed_by_a_live_run(tmp_path, boxs
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:  # a live run of part 0/2 (that other process) has claimed its units
         claims = tmp_path / "p.zarr" / ".rockseg" / "claims"
-        claims.mkdir()
+        claims.mkdir(exist_ok=True)
         for u in theirs:
             (claims / ".".join(map(str, u))).write_text(f"{socket.gethostname()} {other.pid} 2026-12-07T12:00:00\n")
         s = predict(tmp_path / "v.zarr", tmp_path / "p.zarr", model=model, config=PredictConfig(block=8, device="cpu"))
@@ -154,3 +154,108 @@ def test_a_failed_rename_says_why(tmp_path, boxsum, monkeypatch):
                     config=PredictConfig(block=8, device="cpu", probabilities=probs))
         assert not (tmp_path / "p.zarr").exists() and not (tmp_path / "probs.zarr").exists()
     assert not [p for p in tmp_path.iterdir() if "partial" in p.name]
+
+
+def _flip_byte(path, at=-10):
+    data = bytearray(path.read_bytes())
+    data[at] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_chunks_carry_a_crc32c_that_readers_check(tmp_path, boxsum):
+    binary_volume(tmp_path / "v.zarr", (16, 16, 16))
+    probs = str(tmp_path / "probs.zarr")
+    predict(tmp_path / "v.zarr", tmp_path / "p.zarr", model=boxsum(tmp_path / "m.pt"),
+            config=PredictConfig(block=8, shard_blocks=2, device="cpu", probabilities=probs))
+    stitch([tmp_path / "p.zarr"], tmp_path / "copy.zarr")
+    for path in (tmp_path / "p.zarr", tmp_path / "probs.zarr", tmp_path / "copy.zarr"):
+        inner = zarr.open_array(str(path)).metadata.codecs[0].codecs
+        assert type(inner[-1]).__name__ == "Crc32cCodec"
+    _flip_byte(tmp_path / "p.zarr" / "c" / "0" / "0" / "0", at=20)
+    with pytest.raises(ValueError, match="checksum"):
+        zarr.open_array(str(tmp_path / "p.zarr"))[...]
+
+
+def test_verify_finds_lost_data_and_predict_redoes_exactly_it(tmp_path, boxsum, monkeypatch):
+    from rockseg.errors import IncompleteError
+    from rockseg.inference import engine
+    from rockseg.inference.verifying import verify
+
+    binary_volume(tmp_path / "v.zarr", (24, 16, 16))
+    model = boxsum(tmp_path / "m.pt")
+    cfg = PredictConfig(block=8, device="cpu", probabilities=str(tmp_path / "probs.zarr"))
+    predict(tmp_path / "v.zarr", tmp_path / "p.zarr", model=model, config=cfg)
+    expected = zarr.open_array(str(tmp_path / "p.zarr"))[...]
+    assert verify(tmp_path / "p.zarr")["complete"]
+    c = tmp_path / "p.zarr" / "c"
+    (c / "0" / "0" / "1").unlink()  # deleted
+    (c / "1" / "1" / "0").write_bytes((c / "1" / "1" / "0").read_bytes()[:-30])  # truncated
+    _flip_byte(c / "2" / "0" / "1")  # same size, other bytes
+    _flip_byte(tmp_path / "probs.zarr" / "c" / "0" / "2" / "1" / "1")  # probabilities too
+    r = verify(tmp_path / "p.zarr")
+    assert r["corrupt"] == {"0.0.1": "missing", "1.1.0": "truncated", "2.0.1": "corrupt", "2.1.1": "corrupt"}
+    assert r["missing"] == [] and not r["complete"] and r["ok"] == 12 - 4
+    # their records are now invalid: the units read as missing, to stitch (with --verify or not) and to verify
+    with pytest.raises(IncompleteError, match=r"4 of 12 blocks missing \(0.0.1, 1.1.0, 2.0.1, 2.1.1\)"):
+        stitch([tmp_path / "p.zarr"], tmp_path / "f.zarr")
+    assert verify(tmp_path / "p.zarr")["missing"] == ["0.0.1", "1.1.0", "2.0.1", "2.1.1"]
+    ran = []
+    real = engine._Engine.run_block
+    monkeypatch.setattr(engine._Engine, "run_block", lambda self, i: ran.append(i) or real(self, i))
+    s = predict(tmp_path / "v.zarr", tmp_path / "p.zarr", model=model, config=cfg)
+    assert s["complete"] and sorted(ran) == [(0, 0, 1), (1, 1, 0), (2, 0, 1), (2, 1, 1)]
+    assert verify(tmp_path / "p.zarr")["complete"]
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "p.zarr"))[...], expected)
+    stitch([tmp_path / "p.zarr"], tmp_path / "f.zarr", verify=True)
+    _flip_byte(c / "0" / "1" / "1")  # stitch --verify finds what stitch alone trusts
+    with pytest.raises(IncompleteError, match=r"11 of 12 blocks verified; 1 corrupt \(0.1.1: corrupt\)"):
+        stitch([tmp_path / "p.zarr"], tmp_path / "g.zarr", verify=True)
+
+
+def test_a_resume_redoes_a_recorded_shard_whose_file_is_gone_without_verify(tmp_path, boxsum):
+    binary_volume(tmp_path / "v.zarr", (16, 16, 16))
+    model = boxsum(tmp_path / "m.pt")
+    cfg = PredictConfig(block=8, device="cpu")
+    predict(tmp_path / "v.zarr", tmp_path / "p.zarr", model=model, config=cfg)
+    expected = zarr.open_array(str(tmp_path / "p.zarr"))[...]
+    (tmp_path / "p.zarr" / "c" / "1" / "0" / "1").unlink()
+    s = predict(tmp_path / "v.zarr", tmp_path / "p.zarr", model=model, config=cfg)
+    assert s["blocks_done"] == 1 and s["complete"]
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "p.zarr"))[...], expected)
+
+
+def test_a_corrupt_input_chunk_is_named(tmp_path, boxsum):
+    from rockseg.errors import InputError
+
+    data = np.random.default_rng(0).integers(0, 2, (16, 16, 16)).astype(np.uint8)
+    arr = zarr.create_array(store=str(tmp_path / "v.zarr"), shape=data.shape, chunks=(8, 8, 8), dtype="uint8")
+    arr[...] = data
+    arr.attrs["intensity"] = {"p_low": 0.0, "p_high": 1.0}
+    model = boxsum(tmp_path / "m.pt")
+    # a chunk outside the fingerprint's sample, so that predict finds it while reading blocks
+    (tmp_path / "v.zarr" / "c" / "0" / "0" / "1").write_bytes(b"\x00garbage" * 3)
+    with pytest.raises(InputError, match=r"chunk 0:8,0:8,8:16 \(file c/0/0/1\) cannot be read"):
+        predict(tmp_path / "v.zarr", tmp_path / "p.zarr", model=model, config=PredictConfig(block=8, device="cpu"))
+    # one in the sample is found before anything is written
+    (tmp_path / "v.zarr" / "c" / "1" / "1" / "1").write_bytes(b"\x00garbage" * 3)
+    with pytest.raises(InputError, match=r"chunk at 8:16,8:16,8:16 cannot be read"):
+        predict(tmp_path / "v.zarr", tmp_path / "q.zarr", model=model, config=PredictConfig(block=8, device="cpu"))
+    assert not (tmp_path / "q.zarr").exists()
+
+
+def test_stitch_refuses_to_fuse_predictions_of_other_inputs(tmp_path, boxsum):
+    from rockseg.errors import InputError
+
+    binary_volume(tmp_path / "v.zarr", (16, 16, 16))
+    binary_volume(tmp_path / "w.zarr", (16, 16, 16), seed=1)
+    model = boxsum(tmp_path / "m.pt")
+    for name in "vw":
+        predict(tmp_path / f"{name}.zarr", tmp_path / f"p{name}.zarr", model=model,
+                config=PredictConfig(block=8, device="cpu"))
+    with pytest.raises(InputError, match="was made from another input"):
+        stitch([tmp_path / "pv.zarr", tmp_path / "pw.zarr"], tmp_path / "f.zarr")
+    stitch([tmp_path / "pv.zarr", tmp_path / "pv.zarr"], tmp_path / "f.zarr")
+    meta = zarr.open_array(str(tmp_path / "f.zarr")).attrs["rockseg"]
+    assert meta["inputs"][0]["fingerprint"] == Prediction(tmp_path / "pv.zarr").settings["input"]["fingerprint"]
+    with pytest.raises(OutputExistsError):  # a fused output is never reused without --overwrite
+        stitch([tmp_path / "pv.zarr", tmp_path / "pv.zarr"], tmp_path / "f.zarr")
