@@ -121,7 +121,8 @@ def test_overlapping_runs_of_different_part_specs_compute_each_unit_once(tmp_pat
                               stderr=subprocess.PIPE, text=True)
              for part in ([], ["--part", "0/2"], ["--part", "0/4"], ["--part", "1/2"])]
     for p in procs:
-        assert p.wait() == 0, p.stderr.read()
+        _, err = p.communicate()
+        assert p.returncode == 0, err
     final = subprocess.run(_command(tmp_path, out), env=env, capture_output=True, text=True)
     assert final.returncode == 0, final.stderr
     from rockseg.inference.store import read_records
