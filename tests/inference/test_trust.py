@@ -259,3 +259,29 @@ def test_stitch_refuses_to_fuse_predictions_of_other_inputs(tmp_path, boxsum):
     assert meta["inputs"][0]["fingerprint"] == Prediction(tmp_path / "pv.zarr").settings["input"]["fingerprint"]
     with pytest.raises(OutputExistsError):  # a fused output is never reused without --overwrite
         stitch([tmp_path / "pv.zarr", tmp_path / "pv.zarr"], tmp_path / "f.zarr")
+
+
+def test_a_store_of_the_previous_version_still_resumes_verifies_and_stitches(tmp_path, boxsum):
+    import json
+
+    from rockseg.inference.verifying import verify
+
+    binary_volume(tmp_path / "v.zarr", (16, 16, 16))
+    model = boxsum(tmp_path / "m.pt")
+    cfg = PredictConfig(block=8, device="cpu", part=(0, 2))
+    predict(tmp_path / "v.zarr", tmp_path / "p.zarr", model=model, config=cfg)
+    # as the previous version wrote it: no input identity, bare record lines (no size, crc32c or id)
+    meta_path = tmp_path / "p.zarr" / "zarr.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["attributes"]["rockseg"]["settings"]["input"]
+    meta_path.write_text(json.dumps(meta))
+    log = tmp_path / "p.zarr" / ".rockseg" / "records" / "part-0-of-2"
+    log.write_text("".join(line.split(" ")[0] + "\n" for line in log.read_text().splitlines()))
+    s = predict(tmp_path / "v.zarr", tmp_path / "p.zarr", model=model,
+                config=PredictConfig(block=8, device="cpu", part=(1, 2)))
+    assert s["complete"] and s["blocks_done"] == 4
+    assert verify(tmp_path / "p.zarr")["complete"]  # bare records: their units are decoded
+    stitch([tmp_path / "p.zarr"], tmp_path / "f.zarr")
+    ref = tmp_path / "ref.zarr"
+    predict(tmp_path / "v.zarr", ref, model=model, config=PredictConfig(block=8, device="cpu"))
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "f.zarr"))[...], zarr.open_array(str(ref))[...])
