@@ -2,8 +2,8 @@
 
     python benchmarks/resume.py [--size 256] [--block 64] [--rounds 2] [--arch linear|unet]
 
-A grey volume of SIZE^3 and a small model (``--arch linear``, or a UNet of 4 channels and depth 2; tile 32, halo 4); per round, interleaved (the machine
-is shared): a whole ``rockseg predict`` (a subprocess, start-up included), then a run killed with SIGKILL once half
+A grey volume of SIZE^3 and a small model (``--arch linear``, or a UNet of 4 channels and depth 2; tile 32,
+halo 4); per round, interleaved (the machine is shared): a whole ``rockseg predict`` (a subprocess, start-up included), then a run killed with SIGKILL once half
 of its shards are recorded, then the same command again (the resume, start-up included). Prints each time and the
 ratio resume / whole run, and checks that the resumed labels equal the whole run's.
 """

@@ -1,13 +1,14 @@
 """Claims: one run per unit of work, whatever the part specs of the runs writing one prediction; no torch.
 
-Before a run computes a unit (a shard), it creates ``PRED/.rockseg/claims/<z>.<y>.<x>`` atomically (a hard
-link of a file already written, which fails when the claim exists) holding ``host pid since run``. A unit claimed by a live run is skipped (that run computes
-it); a claim whose process is dead on this host (a run killed with ``kill -9``, or an earlier run of this very
-process) is taken over, under an exclusive ``flock`` of the folder so that two runs never both remove it. A claim stays once its unit is recorded (a run that read the records earlier then finds it, and reads the
-records again if it takes the claim over); the claims of units a run did not finish are removed when it ends,
-and the whole folder once the prediction is complete. A
-claim from another host cannot be checked: it is skipped, and ``predict`` says so (delete the file once that run
-is known dead). So ``--part 0/2``, ``--part 0/4`` and a run without parts on one output cooperate: each unit is
+Before a run computes a unit (a shard), it creates ``PRED/.rockseg/claims/<z>.<y>.<x>`` atomically (a hard link
+of a file already written, which fails when the claim exists) holding ``host pid since run``. A unit claimed by a
+live run is skipped (that run computes it); a claim whose process is dead on this host (a run killed with
+``kill -9``, or an earlier run of this very process) is taken over, under an exclusive ``flock`` of the folder so
+that two runs never both remove it. A claim stays once its unit is recorded (a run that read the records earlier
+then finds it, and reads the records again if it takes the claim over); the claims of units a run did not finish
+are removed when it ends, and the whole folder once the prediction is complete. A claim from another host cannot
+be checked: it is skipped, and ``predict`` reports it (``claimed_by_others``; delete the file once that run is
+known dead). So ``--part 0/2``, ``--part 0/4`` and a run without parts on one output cooperate: each unit is
 computed once.
 """
 

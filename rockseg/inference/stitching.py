@@ -289,7 +289,8 @@ class _FuseJob:
         for index in block_grid(counts, (1, 1, 1)):
             local = block_region(index, buf.shape, self.block)
             where = tuple(slice(r.start + w.start, r.start + w.stop) for r, w in zip(region, local))
-            buf[local] = _fuse(self.method, labels, probs, where[1:] if flat else where, self.outside).reshape(buf[local].shape)
+            fused = _fuse(self.method, labels, probs, where[1:] if flat else where, self.outside)
+            buf[local] = fused.reshape(buf[local].shape)
         out[region[1:] if flat else region] = buf[0] if flat else buf  # the whole shard in one write
         return int(buf.size)
 

@@ -8,6 +8,8 @@ Layout (version 2, written since rockseg 0.x; ``rockseg.layout`` = 2)::
       .rockseg/records/<w>   completion records, one append-only text file per writer <w> (``all`` for a
                              whole run, ``part-<i>-of-<n>`` for one part of a job array)
       .rockseg/complete      written once every shard is done
+      .rockseg/claims/<z>.<y>.<x>  ``host pid since run`` of the run computing that shard (:mod:`.claims`)
+      .rockseg/invalid       ids of records that ``rockseg verify`` found not to match their data
       .rockseg/lock-<i>-of-<n>, lock-all   ``host pid`` of the run writing those shards
       .rockseg/intensity.json  the input's intensity statistics, when they could not be stored in the input
 
@@ -20,18 +22,20 @@ one process the writes of blocks that share a shard are serialised (:func:`shard
 replaced atomically by zarr. A shard is recorded only after all its blocks are written: a killed run loses at
 most the shards in flight, and a resume recomputes them whole.
 
-A completion record is one line ``<z>.<y>.<x>`` (the shard index), appended by one ``write`` to the writer's
-file; a line without its newline (a crash in the middle) is ignored. Further ``key=value`` fields after the
-index are allowed and ignored by this version (room for a checksum of the shard's data and a note that it was
-flushed). Listing what is done reads a few files whatever the number of shards (~100,000 lines in a few tens of
+A completion record is one line ``<z>.<y>.<x> size=N crc32c=H [psize=N pcrc32c=H] id=I`` (the shard index, the
+size and CRC-32C of its labels file and of its probabilities file, and the record's id), appended by one
+``write`` to the writer's file once the shard's files and folders are flushed to disk (:mod:`.durable`); a line
+without its newline (a crash in the middle) is ignored, and lines of earlier versions (the index alone) are
+read as they were. Listing what is done reads a few files whatever the number of shards (~100,000 lines in a few tens of
 milliseconds), never a directory of one file per block.
 
 Layout 1 (before): a plain chunked array (chunk = block) with one empty file ``.rockseg/done/<z>.<y>.<x>`` per
 finished block; such predictions still open, resume (in their own layout), stitch and score: they are read as
 one block per shard.
 
-Re-running the same command skips shards with a record, so a killed run resumes; a run with other settings is
-refused unless it overwrites. An optional class-probability store (uint8, probability * 255) is created beside
+Re-running the same command skips shards with a valid record whose files have the recorded sizes (a shard
+file lost after its record is redone), so a killed run resumes; a run from another input (:mod:`.identity`) or
+with other settings is refused unless it overwrites. An optional class-probability store (uint8, probability * 255) is created beside
 it with the same shards. ``rockseg stitch`` reads these stores without torch.
 """
 
