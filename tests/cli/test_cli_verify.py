@@ -40,3 +40,26 @@ def test_a_resume_on_another_volume_exits_2_saying_what_differs(tmp_path, boxsum
                                  str(model), "--block", "8", "--device", "cpu", "--shard", "1/2"])
     assert result.exit_code == 2
     assert "input fingerprint (was " in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_predict_names_the_live_run_that_holds_shards(tmp_path, boxsum):
+    import socket
+    import subprocess
+    import sys
+
+    binary_volume(tmp_path / "v.zarr", (16, 16, 16))
+    model = boxsum(tmp_path / "m.pt")
+    predict(tmp_path / "v.zarr", tmp_path / "p.zarr", model=model,
+            config=PredictConfig(block=8, device="cpu", part=(1, 2)))
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        claims = tmp_path / "p.zarr" / ".rockseg" / "claims"
+        claims.mkdir(exist_ok=True)
+        (claims / "0.0.0").write_text(f"{socket.gethostname()} {other.pid} 2026-12-07T12:00:00 abcd\n")
+        result = runner.invoke(app, ["predict", str(tmp_path / "v.zarr"), "-o", str(tmp_path / "p.zarr"), "-m",
+                                     str(model), "--block", "8", "--device", "cpu"])
+    finally:
+        other.kill()
+        other.wait()
+    assert result.exit_code == 0, result.output
+    assert f"1 shard(s) left to other runs still computing them ({socket.gethostname()} {other.pid} " in result.output
