@@ -6,7 +6,7 @@ command on the app.
 """
 
 # Each import registers its command on the app; the order is the pipeline's, which --help lists.
-from rockseg.cli import convert, tile, train, predict, stitch, score, demo, models  # noqa: F401, I001
+from rockseg.cli import convert, tile, train, predict, verify, stitch, score, demo, models  # noqa: F401, I001
 from rockseg.cli.common import app, main
 from rockseg.vocabulary import Arch, Loss
 

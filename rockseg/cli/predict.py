@@ -57,4 +57,10 @@ def predict(
         f"{s['blocks_done']} blocks done, {s['blocks_skipped']} already done; {state}"
         + (f" [{s['precision']}]" if s["precision"] else "")
     )
+    if s.get("claimed_by_others"):  # shards another live run holds: it computes them
+        holders = sorted(set(s["claimed_by_others"].values()))
+        out_console.print(
+            f"{len(s['claimed_by_others'])} shard(s) left to other runs still computing them ({'; '.join(holders[:3])}"
+            f"{' ...' if len(holders) > 3 else ''}): run the same command again once they end"
+        )
     return s

@@ -20,12 +20,13 @@ def stitch(
     overwrite: Annotated[bool, typer.Option(help="replace an existing output")] = False,
     scheduler: Annotated[Optional[str], typer.Option(help="address of a Dask distributed scheduler whose workers copy or fuse the shards, e.g. tcp://host:8786")] = None,
     workers: Annotated[int, typer.Option(min=1, help="threads that copy or fuse shards (without --scheduler)")] = 2,
+    verify: Annotated[bool, typer.Option("--verify", help="first re-read every shard of the predictions and check it against its completion record (as 'rockseg verify')")] = False,
     json_out: JsonOption = False,
 ) -> dict:
     """Check every block is done, fuse several predictions, and write the final labels."""
     from rockseg.inference import stitch as run
 
     s = run(preds, out, overwrite=overwrite, preview=preview, workers=workers, scheduler=scheduler,
-            progress=interactive(), log=log)
+            verify=verify, progress=interactive(), log=log)
     out_console.print(f"wrote {s['out']} ({s['method']} of {len(s['predictions'])} prediction(s)) in {s['seconds']:.1f} s")
     return s

@@ -6,6 +6,8 @@ of one or more such stores is done and writes the final labels. The modules, in 
 - :mod:`.config`: :class:`PredictConfig`, the run's settings, and their defaults;
 - :mod:`.grid`: the global tile grid with its halos, the block grid and the job-array parts (``--part I/N``);
 - :mod:`.store`: the prediction store (Zarr shards, the units of work), its completion logs and the lock of a run;
+- :mod:`.identity`, :mod:`.claims`, :mod:`.durable`: what a prediction was made from, one run per unit, and units
+  flushed to disk before their checksummed records; :mod:`.verifying`: ``rockseg verify``;
 - :mod:`.region`: one region from the tile grid (:func:`predict_region`), its buffers and the tile batching;
 - :mod:`.runner`: the network on one thread (:class:`TileRunner`, :class:`~.runner.ModelThread`);
 - :mod:`.engine`: the block engine of a process (:class:`BlockJob`, :func:`run_block`);

@@ -14,6 +14,7 @@ import functools
 import queue
 import threading
 from collections.abc import Iterator, Sequence
+from typing import Any
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,10 +24,12 @@ from zarr.core.buffer.cpu import NDBuffer
 
 from rockseg.devices import available_cpus, release_free_memory, resolve_device, tune_malloc
 from rockseg.errors import InputError
+from rockseg.inference.durable import chunk_file, seal
 from rockseg.inference.grid import TileGrid, Triple, block_region
 from rockseg.inference.region import BlockBuffers, TilePool, predict_region
 from rockseg.inference.runner import ModelThread, TileRunner
 from rockseg.inference.store import shard_lock
+from rockseg.io.omezarr import label_array_path
 from rockseg.io.stores import open_volume
 from rockseg.models import model_from_payload, read_model_file
 
@@ -116,11 +119,16 @@ class _Engine:
         """Read a (Z, Y, X) box of the input given in volume coordinates (a 2D input is one plane), into ``out``
         (C-contiguous, the box's shape) when given."""
         sel = box[1:] if self.flat else box
-        if out is None:
-            data = np.asarray(self.volume[sel])
-        else:
-            target = out[0] if self.flat else out
-            data = np.asarray(self.volume.get_basic_selection(sel, out=NDBuffer.from_numpy_array(target)))
+        try:
+            if out is None:
+                data = np.asarray(self.volume[sel])
+            else:
+                target = out[0] if self.flat else out
+                data = np.asarray(self.volume.get_basic_selection(sel, out=NDBuffer.from_numpy_array(target)))
+        except Exception as exc:  # a chunk that does not decode: zarr raises its codec's error
+            if isinstance(exc, (OSError, MemoryError)):
+                raise
+            raise InputError(self._unreadable(sel, exc)) from None
         data = data[None] if self.flat else data
         if data.dtype.kind == "f" and not np.isfinite(data).all():
             where = ",".join(f"{b.start}:{b.stop}" for b in box)
@@ -129,6 +137,32 @@ class _Engine:
                 f"'rockseg convert' after fixing the source) before predicting"
             )
         return data
+
+    def seal(self, unit: Triple) -> dict[str, Any]:
+        """Flush the files of a written unit (shard) to disk; the fields of its completion record
+        (:func:`~.durable.seal`)."""
+        coords = tuple(unit)[-self.out.ndim:]
+        files = [chunk_file(label_array_path(self.job.out), self.out, coords)]
+        if self.probs is not None:
+            files.append(chunk_file(self.job.probabilities, self.probs, (0, *coords)))  # type: ignore[arg-type]
+        return seal(files)
+
+    def _unreadable(self, sel: tuple[slice, ...], exc: Exception) -> str:
+        """The message naming the first chunk of the input in ``sel`` that cannot be read."""
+        chunks = self.volume.chunks
+        ranges = [range(s.start // c, -(-s.stop // c)) for s, c in zip(sel, chunks)]
+        for index in np.ndindex(*[len(r) for r in ranges]):
+            coords = tuple(r[i] for r, i in zip(ranges, index))
+            region = tuple(slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(coords, chunks, self.volume.shape))
+            try:
+                self.volume[region]
+            except Exception as err:  # noqa: BLE001 - any decoding error names this chunk
+                per_file = [f // c for f, c in zip(getattr(self.volume, "shards", None) or chunks, chunks)]
+                key = self.volume.metadata.encode_chunk_key(tuple(i // k for i, k in zip(coords, per_file)))
+                where = ",".join(f"{r.start}:{r.stop}" for r in region)
+                return (f"volume {self.job.volume}: chunk {where} (file {key}) cannot be read ({err}): restore it "
+                        f"from a copy or convert the volume again")
+        return f"volume {self.job.volume}: reading {sel} failed ({exc}): check the input"
 
     def run_block(self, index: Triple) -> tuple[int, str]:
         grid = self.job.grid
@@ -170,6 +204,11 @@ def engine_for(job: BlockJob, model_thread: ModelThread | None = None) -> _Engin
 def run_block(job: BlockJob, index: Triple) -> tuple[int, str]:
     """Run one block of a job (in any process: the engine is built once per process and job)."""
     return engine_for(job).run_block(index)
+
+
+def seal_unit(job: BlockJob, unit: Triple) -> dict[str, Any]:
+    """Flush a written unit of a job to disk (in the process that wrote it); its record's fields."""
+    return engine_for(job).seal(unit)
 
 
 def drop_engine(job: BlockJob) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,9 @@ from rockseg.errors import InputError, MissingInputError, OutputWriteError
 from rockseg.cluster import connect, map_batches
 from rockseg.inference.config import DEFAULT_BLOCK, PredictConfig
 from rockseg.inference.engine import BlockJob
+from rockseg.inference.claims import Claims
 from rockseg.inference.grid import TileGrid, Triple, part_blocks
+from rockseg.inference.identity import input_identity
 from rockseg.inference.scheduling import run_blocks
 from rockseg.inference.store import MARKER_DIR, STATS_FILE, Prediction, RunLock, create_prediction
 from rockseg.io.intensity import intensity_stats, load_stats, save_stats
@@ -225,7 +227,10 @@ def _plan(c: _Checked, config: PredictConfig, *, overwrite: bool) -> tuple[Predi
         "normalization": {k: stats[k] for k in ("p_low", "p_high")}, "volume_shape": list(c.array.shape),
         "probabilities": bool(config.probabilities), "tta": config.tta,
         "crop": [list(c.grid.origin), list(c.grid.shape)], "mask": c.mask,
+        "input": input_identity(c.array, f"volume {c.volume}"),
     }
+    if c.mask:
+        settings["mask_input"] = input_identity(open_volume(c.mask, name="mask"), f"mask {c.mask}")
     src_attrs = dict(c.array.attrs)
     attrs = {
         ATTR_PHASES: {str(k): v for k, v in phases.items()},
@@ -289,13 +294,19 @@ def _run(pred: Prediction, job: BlockJob, config: PredictConfig, *, progress: bo
     start = time.perf_counter()
     voxels = 0
     precisions: set[str] = set()
+    claims = Claims(pred.path / MARKER_DIR)
     with RunLock(pred.path, config.part):
-        done = pred.done()
+        done = pred.done(check_files=True)  # a record whose files are gone or cut short is redone
         todo = [(u, pred.unit_blocks(u)) for u in mine if u not in done]
         n_todo = sum(len(blocks) for _, blocks in todo)
+        ran: list[int] = []
         with pred.recorder(config.part) as log_file, Reporter(n_todo, "predict", bar=progress, log=log) as report:
+            def record(unit: Triple, **fields: Any) -> None:
+                log_file.record(unit, **fields)
+                claims.keep(unit)
+
             try:
-                for n, precision in run_blocks(job, todo, config, report, log_file.record):
+                for n, precision in run_blocks(job, _claimed(pred, todo, claims, ran), config, report, record):
                     voxels += n
                     precisions.add(precision)
             except OSError as exc:  # full disk, quota, read-only file system...
@@ -303,7 +314,10 @@ def _run(pred: Prediction, job: BlockJob, config: PredictConfig, *, progress: bo
                     f"writing {pred.path} failed ({exc.strerror or exc}): free space or fix permissions, then run "
                     f"the same command again to resume"
                 ) from None
+            finally:
+                claims.release_all()
     seconds = time.perf_counter() - start
+    n_todo = sum(ran)
     missing = pred.missing()
     if not missing:
         if is_ome_zarr(pred.path):  # the viewers' pyramid, once every block is in
@@ -316,5 +330,29 @@ def _run(pred: Prediction, job: BlockJob, config: PredictConfig, *, progress: bo
         "blocks_done": n_todo, "blocks_skipped": n_mine - n_todo,
         "blocks_missing": sum(len(pred.unit_blocks(u)) for u in missing),
         "blocks_total": len(pred.blocks()), "complete": not missing, "precision": ",".join(sorted(precisions)) or None,
-        "shards_total": len(pred.units()), "shards_done": len(todo),
+        "shards_total": len(pred.units()), "shards_done": len(ran),
+        "claimed_by_others": dict(claims.held_by_others),
     }
+
+
+def _claimed(pred: Prediction, todo: list[tuple[Triple, list[Triple]]], claims: Claims,
+             ran: list[int]) -> Iterator[tuple[Triple, list[Triple]]]:
+    """The units of ``todo`` this run claims (:mod:`.claims`), as they are drawn; a unit another live run holds
+    is left to it. A claim taken over from a dead run may be of a unit that run finished after this one read the
+    records: they are read again (once per dead run). ``ran`` gets the block count of each unit yielded."""
+    done: set[Triple] = set()
+    refreshed: set[str] = set()
+    for unit, blocks in todo:
+        if not claims.take(unit):
+            continue
+        if claims.stale is not None:
+            if claims.stale not in refreshed:
+                refreshed.add(claims.stale)
+                done = pred.done(check_files=True)
+            if unit in done:
+                claims.keep(unit)
+                continue
+        for path in pred.unit_files(unit):  # what a killed run or a lost disk left is redone whole: a shard
+            path.unlink(missing_ok=True)  # file that does not decode must not be read back to write into it
+        ran.append(len(blocks))
+        yield unit, blocks

@@ -10,14 +10,15 @@ block is run by :func:`~rockseg.inference.engine.run_block`, whichever process i
 
 from __future__ import annotations
 
+import itertools
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from rockseg.cluster import connect, run_bounded
 from rockseg.devices import malloc_environment
 from rockseg.inference.config import PredictConfig
-from rockseg.inference.engine import BlockJob, drop_engine, engine_for, run_block
+from rockseg.inference.engine import BlockJob, drop_engine, engine_for, run_block, seal_unit
 from rockseg.inference.grid import Triple
 from rockseg.inference.runner import ModelThread
 from rockseg.progress import Reporter
@@ -26,12 +27,14 @@ from rockseg.progress import Reporter
 Unit = tuple[Triple, list[Triple]]  # a unit of work (a shard) and its blocks
 
 
-def run_blocks(job: BlockJob, todo: list[Unit], config: PredictConfig, report: Reporter,
-               record: Callable[[Triple], None]) -> list[tuple[int, str]]:
+def run_blocks(job: BlockJob, todo: Iterable[Unit], config: PredictConfig, report: Reporter,
+               record: Callable[..., None]) -> list[tuple[int, str]]:
     """Run the units ``todo`` of ``job`` where ``config`` says; each block's (voxels, precision), in any order.
 
-    ``record(unit)`` is called once all the blocks of a unit are written, in this process (a distributed
-    worker returns first), so that the run's completion records have one writer.
+    ``todo`` is drawn as work frees up (so that units can be claimed just before they run). ``record(unit,
+    **fields)`` is called once all the blocks of a unit are written and flushed to disk by the process that wrote
+    them (``fields``: the checksums of :func:`~.durable.seal`), in this process (a distributed worker returns
+    first), so that the run's completion records have one writer.
     """
     if config.devices:
         with _device_cluster(config.devices) as cluster:
@@ -44,8 +47,8 @@ def run_blocks(job: BlockJob, todo: list[Unit], config: PredictConfig, report: R
         drop_engine(job)  # free the model; a distributed worker keeps its own
 
 
-def _run_threads(job: BlockJob, todo: list[Unit], workers: int, report: Reporter,
-                 record: Callable[[Triple], None]) -> list[tuple[int, str]]:
+def _run_threads(job: BlockJob, todo: Iterable[Unit], workers: int, report: Reporter,
+                 record: Callable[..., None]) -> list[tuple[int, str]]:
     """Run blocks on ``workers`` threads of this process, in unit order, with the model on this thread.
 
     While one block's tiles run through the model (on this thread: see :class:`ModelThread`), the next block
@@ -53,11 +56,14 @@ def _run_threads(job: BlockJob, todo: list[Unit], workers: int, report: Reporter
     taken in order, at most ``workers`` at once, so at most ``workers`` units are ever partly written; a unit is
     recorded when its last block is written.
     """
-    if not todo:
+    todo = iter(todo)
+    first = next(todo, None)
+    if first is None:
         return []
+    todo = itertools.chain([first], todo)
     model_thread = ModelThread()
     engine_for(job, model_thread)  # the model is built here, on the thread that runs it
-    left = {unit: len(blocks) for unit, blocks in todo}
+    left: dict[Triple, int] = {}
     lock = threading.Lock()
 
     def run(unit: Triple, index: Triple) -> tuple[int, str]:
@@ -66,29 +72,37 @@ def _run_threads(job: BlockJob, todo: list[Unit], workers: int, report: Reporter
             left[unit] -= 1
             finished = left[unit] == 0
         if finished:
-            record(unit)
+            record(unit, **seal_unit(job, unit))
         report.advance(result[0])
         return result
 
     def compute() -> list[tuple[int, str]]:
-        tasks = (((unit, b), (unit, b)) for unit, blocks in todo for b in blocks)
-        return [r for _, r in run_bounded(lambda _, unit, index: run(unit, index), None, tasks, workers=workers)]
+        def tasks() -> Iterator[tuple[tuple[Triple, Triple], tuple[Triple, Triple]]]:
+            for unit, blocks in todo:
+                with lock:
+                    left[unit] = len(blocks)
+                yield from (((unit, b), (unit, b)) for b in blocks)
+
+        return [r for _, r in run_bounded(lambda _, unit, index: run(unit, index), None, tasks(), workers=workers)]
 
     return model_thread.serve(compute)
 
 
-def run_unit(job: BlockJob, blocks: list[Triple]) -> list[tuple[int, str]]:
-    """Run the blocks of one unit one after another (a task of a distributed worker: one writer per shard)."""
-    return [run_block(job, b) for b in blocks]
+def run_unit(job: BlockJob, unit: Triple, blocks: list[Triple]) -> tuple[list[tuple[int, str]], dict[str, Any]]:
+    """Run the blocks of one unit one after another (a task of a distributed worker: one writer per shard), then
+    flush it to disk; the blocks' results and the fields of its completion record."""
+    results = [run_block(job, b) for b in blocks]
+    return results, seal_unit(job, unit)
 
 
-def _run_distributed(job: BlockJob, todo: list[Unit], address: str, report: Reporter,
-                     record: Callable[[Triple], None]) -> list[tuple[int, str]]:
+def _run_distributed(job: BlockJob, todo: Iterable[Unit], address: str, report: Reporter,
+                     record: Callable[..., None]) -> list[tuple[int, str]]:
     """Run units on a Dask distributed cluster, one task per unit, about two per worker thread in flight."""
     results: list[tuple[int, str]] = []
     with connect(address) as client:
-        for unit, done in run_bounded(run_unit, job, ((unit, (blocks,)) for unit, blocks in todo), client=client):
-            record(unit)  # type: ignore[arg-type]
+        tasks = ((unit, (unit, blocks)) for unit, blocks in todo)
+        for unit, (done, fields) in run_bounded(run_unit, job, tasks, client=client):
+            record(unit, **fields)
             results.extend(done)
             report.advance(sum(n for n, _ in done))
     return results

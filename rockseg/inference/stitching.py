@@ -34,11 +34,12 @@ import zarr
 from rockseg.cluster import connect, map_batches
 from rockseg.errors import IncompleteError, InputError
 from rockseg.inference.grid import Triple, block_grid, block_region
-from rockseg.inference.store import MARKER_DIR, Prediction, default_shard, missing_message
+from rockseg.inference.verifying import check_verified
+from rockseg.inference.store import MARKER_DIR, Prediction, checked_compressors, default_shard, missing_message
 from rockseg.io.omezarr import is_ome_zarr, label_array_path, ome_output
 from rockseg.io.stores import (
     ATTR_PHASES, ATTR_PROVENANCE, ATTR_SOURCE, ATTR_VOXEL_SIZE, ATTR_VOXEL_UNIT, atomic_output,
-    check_new_output, compressors_for, open_volume, provenance,
+    check_new_output, open_volume, provenance,
 )
 from rockseg.progress import Reporter
 
@@ -48,7 +49,7 @@ EXPORTS = (".tif", ".tiff", ".nc", ".h5", ".hdf5", ".raw", ".npy")
 def stitch(
     preds: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str], *, overwrite: bool = False,
     preview: str | os.PathLike[str] | None = None, workers: int = 2, scheduler: str | None = None,
-    progress: bool = False, log: Callable[[str], None] | None = None,
+    verify: bool = False, progress: bool = False, log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Check, fuse and write the final labels of one or more predictions.
 
@@ -62,14 +63,19 @@ def stitch(
     workers : threads of this process that copy or fuse shards (without ``scheduler``).
     scheduler : address of a Dask distributed scheduler: the shards are copied or fused by its workers (which
         must see the same files), a bounded number of tasks at a time.
+    verify : first re-read every unit of every prediction and check it against its completion record
+        (:func:`~rockseg.inference.verifying.verify`).
 
     Raises
     ------
     IncompleteError
-        (exit code 1) listing the missing blocks when a prediction is not complete.
+        (exit code 1) listing the missing blocks when a prediction is not complete (and, with ``verify``, the
+        units whose data does not match their records).
     """
     out = Path(out)
     opened = _check(preds, out, overwrite=overwrite, preview=preview)
+    if verify:
+        check_verified([p.path for p in opened], workers=workers)
     plan = _plan(opened)
     start = time.perf_counter()
     client = connect(scheduler) if scheduler else None
@@ -119,6 +125,14 @@ def _check(preds: Sequence[str | os.PathLike[str]], out: Path, *, overwrite: boo
                 f"{p.path} has shape {p.array.shape} but {first.path} has {first.array.shape}: "
                 f"stitch fuses predictions of the same volume"
             )
+    made_from = first.settings.get("input", {}).get("fingerprint")
+    for p in opened[1:]:
+        other = p.settings.get("input", {}).get("fingerprint")
+        if made_from and other and other != made_from:
+            raise InputError(
+                f"{p.path} was made from another input than {first.path} (input fingerprint {other[:12]}, not "
+                f"{made_from[:12]}): stitch fuses predictions of the same volume"
+            )
     phases = dict(first.array.attrs).get(ATTR_PHASES) or {}
     for p in opened[1:]:
         if (dict(p.array.attrs).get(ATTR_PHASES) or {}) != phases:
@@ -135,16 +149,22 @@ class _Plan:
     method: str  # "copy", "mean-probability" or "majority-vote"
     probabilities: list[str]  # the probability stores, for "mean-probability"
     attrs: dict[str, Any]
+    outside: int | None = None  # the label outside a mask, when a prediction was masked
 
 
 def _fuse(method: str, labels: Sequence[zarr.Array], probabilities: Sequence[zarr.Array],
-          region: tuple[slice, ...]) -> np.ndarray:
-    """The final labels of one region."""
+          region: tuple[slice, ...], outside: int | None = None) -> np.ndarray:
+    """The final labels of one region; ``outside`` (the label of voxels outside a mask) stays where every
+    prediction has it (their probabilities there are all zero, which must not read as phase 0)."""
     if method == "copy":
         return np.asarray(labels[0][region])
     if probabilities:
         total = sum(np.asarray(a[(slice(None), *region)], dtype=np.uint32) for a in probabilities)
-        return np.asarray(total.argmax(axis=0), dtype=np.uint8)
+        fused = np.asarray(total.argmax(axis=0), dtype=np.uint8)
+        if outside is not None:
+            out = np.logical_and.reduce([np.asarray(a[region]) == outside for a in labels])
+            fused[out] = outside
+        return fused
     # majority vote; the first prediction gets half a vote more so that ties go to it
     values = [np.asarray(a[region]) for a in labels]
     present = np.unique(np.concatenate([np.unique(lab) for lab in values]))
@@ -166,8 +186,13 @@ def _plan(opened: list[Prediction]) -> _Plan:
     attrs: dict[str, Any] = {
         key: src_attrs[key] for key in (ATTR_PHASES, ATTR_VOXEL_SIZE, ATTR_VOXEL_UNIT, ATTR_SOURCE) if key in src_attrs
     }
-    attrs[ATTR_PROVENANCE] = provenance(stitched_from=[str(p.path.resolve()) for p in opened], method=method)
-    return _Plan(opened, method, [str(q) for q in probs] if use_probs else [], attrs)
+    outside = [dict(p.array.attrs)[ATTR_PROVENANCE].get("outside_mask") for p in opened]
+    masked = next((o for o in outside if o is not None), None)
+    attrs[ATTR_PROVENANCE] = provenance(
+        stitched_from=[str(p.path.resolve()) for p in opened], method=method, outside_mask=masked,
+        inputs=[p.settings.get("input") for p in opened],  # what each prediction was made from
+    )
+    return _Plan(opened, method, [str(q) for q in probs] if use_probs else [], attrs, masked)
 
 
 # ------------------------------------------------------------------------------------------------------ write
@@ -250,6 +275,7 @@ class _FuseJob:
     block: Triple
     shard: Triple
     shape3: Triple
+    outside: int | None = None
 
     def __call__(self, unit: Triple) -> int:
         labels = [zarr.open_array(store=p, mode="r") for p in self.labels]
@@ -263,7 +289,8 @@ class _FuseJob:
         for index in block_grid(counts, (1, 1, 1)):
             local = block_region(index, buf.shape, self.block)
             where = tuple(slice(r.start + w.start, r.start + w.stop) for r, w in zip(region, local))
-            buf[local] = _fuse(self.method, labels, probs, where[1:] if flat else where).reshape(buf[local].shape)
+            fused = _fuse(self.method, labels, probs, where[1:] if flat else where, self.outside)
+            buf[local] = fused.reshape(buf[local].shape)
         out[region[1:] if flat else region] = buf[0] if flat else buf  # the whole shard in one write
         return int(buf.size)
 
@@ -276,11 +303,12 @@ def _write_zarr(plan: _Plan, target: Path, *, overwrite: bool, run: _Runner) -> 
     with ome_output(target, overwrite=overwrite, workers=run.workers) as tmp:
         zarr.create_array(
             store=str(tmp), shape=first.array.shape, chunks=first.array.chunks, shards=shards, dtype="uint8",
-            fill_value=0, compressors=compressors_for("blosc-zstd"), attributes=plan.attrs,
+            fill_value=0, compressors=checked_compressors(), attributes=plan.attrs,
         )
         job = _FuseJob(
             labels=tuple(str(label_array_path(p.path)) for p in plan.preds), probabilities=tuple(plan.probabilities),
             method=plan.method, out=str(tmp), block=first.block, shard=shard, shape3=first.shape3,
+            outside=plan.outside,
         )
         counts = [-(-n // b) for n, b in zip(first.block_counts(), shard)]
         run.map(job, block_grid(counts, (1, 1, 1)), label="stitch", batch=1)

@@ -8,6 +8,8 @@ Layout (version 2, written since rockseg 0.x; ``rockseg.layout`` = 2)::
       .rockseg/records/<w>   completion records, one append-only text file per writer <w> (``all`` for a
                              whole run, ``part-<i>-of-<n>`` for one part of a job array)
       .rockseg/complete      written once every shard is done
+      .rockseg/claims/<z>.<y>.<x>  ``host pid since run`` of the run computing that shard (:mod:`.claims`)
+      .rockseg/invalid       ids of records that ``rockseg verify`` found not to match their data
       .rockseg/lock-<i>-of-<n>, lock-all   ``host pid`` of the run writing those shards
       .rockseg/intensity.json  the input's intensity statistics, when they could not be stored in the input
 
@@ -20,24 +22,27 @@ one process the writes of blocks that share a shard are serialised (:func:`shard
 replaced atomically by zarr. A shard is recorded only after all its blocks are written: a killed run loses at
 most the shards in flight, and a resume recomputes them whole.
 
-A completion record is one line ``<z>.<y>.<x>`` (the shard index), appended by one ``write`` to the writer's
-file; a line without its newline (a crash in the middle) is ignored. Further ``key=value`` fields after the
-index are allowed and ignored by this version (room for a checksum of the shard's data and a note that it was
-flushed). Listing what is done reads a few files whatever the number of shards (~100,000 lines in a few tens of
+A completion record is one line ``<z>.<y>.<x> size=N crc32c=H [psize=N pcrc32c=H] id=I`` (the shard index, the
+size and CRC-32C of its labels file and of its probabilities file, and the record's id), appended by one
+``write`` to the writer's file once the shard's files and folders are flushed to disk (:mod:`.durable`); a line
+without its newline (a crash in the middle) is ignored, and lines of earlier versions (the index alone) are
+read as they were. Listing what is done reads a few files whatever the number of shards (~100,000 lines in a few tens of
 milliseconds), never a directory of one file per block.
 
 Layout 1 (before): a plain chunked array (chunk = block) with one empty file ``.rockseg/done/<z>.<y>.<x>`` per
 finished block; such predictions still open, resume (in their own layout), stitch and score: they are read as
 one block per shard.
 
-Re-running the same command skips shards with a record, so a killed run resumes; a run with other settings is
-refused unless it overwrites. An optional class-probability store (uint8, probability * 255) is created beside
+Re-running the same command skips shards with a valid record whose files have the recorded sizes (a shard
+file lost after its record is redone), so a killed run resumes; a run from another input (:mod:`.identity`) or
+with other settings is refused unless it overwrites. An optional class-probability store (uint8, probability * 255) is created beside
 it with the same shards. ``rockseg stitch`` reads these stores without torch.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import os
 import shutil
@@ -52,7 +57,9 @@ import zarr
 
 from rockseg.errors import IncompleteError, InputError, MissingInputError, OutputExistsError, OutputWriteError
 from rockseg.inference.grid import Triple, block_grid
-from rockseg.io.omezarr import new_array_path
+from rockseg.inference.durable import chunk_file, files_match
+from rockseg.inference.identity import comparable, differences
+from rockseg.io.omezarr import label_array_path, new_array_path
 from rockseg.io.stores import ATTR_PROVENANCE, compressors_for, open_volume
 
 MARKER_DIR = ".rockseg"
@@ -61,6 +68,13 @@ STATS_FILE = "intensity.json"  # the input's statistics, kept here when the inpu
 LAYOUT = 2
 MAX_SHARDS = 16384  # shard files per store at most, with the default shard edge
 _LOCKS = tuple(threading.Lock() for _ in range(64))  # striped per-shard write locks of this process
+
+
+def checked_compressors() -> list[Any]:
+    """The codecs of every chunk rockseg's predictions and stitched labels hold: Blosc-zstd, then a CRC-32C of
+    the compressed bytes (zarr v3's ``crc32c`` codec), so that any Zarr reader detects a corrupt chunk; the
+    sharding codec's index carries its own CRC-32C (zarr's default)."""
+    return [*compressors_for("blosc-zstd"), zarr.codecs.Crc32cCodec()]
 
 
 def default_shard(shape3: Sequence[int], block: Sequence[int]) -> Triple:
@@ -114,6 +128,7 @@ class Prediction:
         self.probabilities: str | None = meta.get("probabilities")
         self.legacy = "shard" not in meta  # layout 1: a marker file per block
         self.shard: Triple = (1, 1, 1) if self.legacy else tuple(meta["shard"])  # type: ignore[assignment]
+        self._probs: zarr.Array | None = None  # the probability store, opened on first need
 
     @property
     def marker_dir(self) -> Path:
@@ -143,20 +158,46 @@ class Prediction:
         ranges = [range(u * k, min((u + 1) * k, n)) for u, k, n in zip(unit, self.shard, self.block_counts())]
         return [(z, y, x) for z in ranges[0] for y in ranges[1] for x in ranges[2]]
 
-    def done(self) -> set[Triple]:
-        """The units recorded as done."""
+    def done(self, *, check_files: bool = False) -> set[Triple]:
+        """The units recorded as done (a record that ``rockseg verify`` found wrong does not count); with
+        ``check_files``, only those whose files also exist with their recorded sizes (what a resume trusts)."""
         if self.legacy:
             names = os.listdir(self.marker_dir) if self.marker_dir.exists() else ()
             return {idx for idx in map(_parse_index, names) if idx is not None}
-        out: set[Triple] = set()
+        records = self.records()
+        if not check_files:
+            return set(records)
+        return {u for u, recs in records.items() if any(files_match(self.unit_files(u), r) for r in recs)}
+
+    def records(self) -> dict[Triple, list[dict[str, str]]]:
+        """Every valid completion record's fields, by unit (records listed in ``.rockseg/invalid`` left out)."""
+        invalid = set(self.invalid_path.read_text().split()) if self.invalid_path.exists() else set()
+        out: dict[Triple, list[dict[str, str]]] = {}
         for name in os.listdir(self.records_dir) if self.records_dir.exists() else ():
             if name.startswith("."):
                 continue
-            out.update(read_records(self.records_dir / name))
+            for unit, fields in read_record_fields(self.records_dir / name):
+                if fields.get("id") not in invalid or "id" not in fields:
+                    out.setdefault(unit, []).append(fields)
         return out
 
+    @property
+    def invalid_path(self) -> Path:
+        """Ids of completion records that ``rockseg verify`` found not to match their data, one a line."""
+        return self.path / MARKER_DIR / "invalid"
+
+    def unit_files(self, unit: Sequence[int]) -> list[Path]:
+        """The files of one unit: its shard (chunk, in layout 1) of labels, and of probabilities if any."""
+        coords = tuple(unit)[-self.array.ndim:]
+        files = [chunk_file(label_array_path(self.path), self.array, coords)]
+        if self._probs is None and self.probabilities and Path(self.probabilities).exists():
+            self._probs = zarr.open_array(store=self.probabilities, mode="r")
+        if self._probs is not None:
+            files.append(chunk_file(self.probabilities, self._probs, (0, *coords)))  # type: ignore[arg-type]
+        return files
+
     def missing(self) -> list[Triple]:
-        """The units not yet done, in C order."""
+        """The units not yet done, in C order (by their records: ``rockseg verify`` checks the data)."""
         done = self.done()
         return [u for u in self.units() if u not in done]
 
@@ -168,8 +209,9 @@ class Prediction:
         return CompletionLog(self.records_dir / name)
 
     def mark_complete(self) -> None:
-        """Record that every unit is done."""
+        """Record that every unit is done (the claims of the runs that did them are no longer needed)."""
         (self.path / MARKER_DIR / "complete").touch()
+        shutil.rmtree(self.path / MARKER_DIR / "claims", ignore_errors=True)
 
 
 def _parse_index(text: str) -> Triple | None:
@@ -182,12 +224,22 @@ def _parse_index(text: str) -> Triple | None:
 
 def read_records(path: Path) -> set[Triple]:
     """The unit indices recorded in one completion log (a last line cut short by a crash is ignored)."""
+    return {unit for unit, _ in read_record_fields(path)}
+
+
+def read_record_fields(path: Path) -> list[tuple[Triple, dict[str, str]]]:
+    """The records of one completion log: unit index and ``key=value`` fields, in order."""
     try:
         text = path.read_text(encoding="ascii", errors="replace")
     except FileNotFoundError:
-        return set()
-    lines = text.split("\n")[:-1]  # the text after the last newline is an unfinished record
-    return {idx for idx in (_parse_index(line.split(" ", 1)[0]) for line in lines) if idx is not None}
+        return []
+    out = []
+    for line in text.split("\n")[:-1]:  # the text after the last newline is an unfinished record
+        head, *rest = line.split(" ")
+        idx = _parse_index(head)
+        if idx is not None:
+            out.append((idx, dict(f.split("=", 1) for f in rest if "=" in f)))
+    return out
 
 
 class CompletionLog:
@@ -217,6 +269,7 @@ class CompletionLog:
         if self.legacy:
             (self.path / name).touch()
             return
+        fields = {**fields, "id": uuid.uuid4().hex[:12]}  # names this record, for 'rockseg verify'
         line = " ".join([name, *(f"{k}={v}" for k, v in fields.items())]) + "\n"
         with self._lock:
             assert self._fd is not None, "CompletionLog.record outside its 'with'"
@@ -241,10 +294,13 @@ def create_prediction(
     asked = shard
     if shard is None:
         shard = default_shard(attrs[ATTR_PROVENANCE]["shape3"], block)
-    if out.exists() and overwrite:
-        shutil.rmtree(out) if out.is_dir() else out.unlink()
+    if overwrite:
+        if out.exists():
+            shutil.rmtree(out) if out.is_dir() else out.unlink()
         if probabilities and Path(probabilities).exists():
             shutil.rmtree(probabilities)
+    elif probabilities:
+        _check_probabilities(Path(probabilities), settings)
     if not out.exists():
         _create_new(out, shape=shape, block=block, shard=shard, classes=classes, attrs=attrs,
                     probabilities=probabilities)
@@ -254,11 +310,11 @@ def create_prediction(
         raise OutputExistsError(
             f"{out} exists and is not a rockseg prediction: choose another output or pass --overwrite"
         ) from None
-    if pred.settings != settings:
-        changed = sorted(k for k in set(settings) | set(pred.settings) if settings.get(k) != pred.settings.get(k))
+    if pred.settings != comparable(pred.settings, settings):
         raise OutputExistsError(
-            f"{out} holds a prediction made with other settings ({', '.join(changed)}): re-run with the same "
-            f"model and options to resume it, or pass --overwrite to start again"
+            f"{out} holds a prediction made from another input or with other settings: "
+            f"{differences(pred.settings, comparable(pred.settings, settings))}: re-run with the same input, model "
+            f"and options to resume it, or pass --overwrite to start again"
         )
     if pred.block != block:
         raise OutputExistsError(
@@ -287,37 +343,74 @@ def _create_new(out: Path, *, shape: Sequence[int], block: Triple, shard: Triple
         zarr.create_array(
             store=str(new_array_path(tmp, out, len(shape))), shape=tuple(shape), chunks=tuple(chunks), shards=shards,
             dtype="uint8", fill_value=0, dimension_names=list("zyx"[-len(shape):]),
-            compressors=compressors_for("blosc-zstd"), attributes=attrs,
+            compressors=checked_compressors(), attributes=attrs,
         )
         (tmp / MARKER_DIR / RECORDS).mkdir(parents=True)
-        if probabilities:
-            _create_probabilities(Path(probabilities), shape=shape, chunks=chunks, shards=shards, classes=classes,
-                                  attrs=attrs)
+        created_probs = bool(probabilities) and _create_probabilities(
+            Path(probabilities), shape=shape, chunks=chunks, shards=shards, classes=classes, attrs=attrs)
+    except OutputWriteError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise OutputWriteError(f"cannot create {out}: {exc.strerror or exc}: free space or fix permissions") from None
     try:
         os.rename(tmp, out)
-    except OSError:
+    except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        if not out.exists():  # not "another part created it first": a real failure
-            raise OutputWriteError(f"cannot create {out}: renaming {tmp.name} failed") from None
+        if exc.errno in (errno.EEXIST, errno.ENOTEMPTY) and out.exists():
+            return  # another part of the job array created it first: use theirs
+        if probabilities and created_probs:
+            shutil.rmtree(probabilities, ignore_errors=True)
+        raise OutputWriteError(
+            f"cannot create {out}: renaming {tmp.name} into place failed ({exc.strerror or exc}): free space or "
+            f"fix permissions"
+        ) from None
 
 
 def _create_probabilities(path: Path, *, shape: Sequence[int], chunks: Sequence[int], shards: Sequence[int],
-                          classes: int, attrs: dict[str, Any]) -> None:
+                          classes: int, attrs: dict[str, Any]) -> bool:
+    """Create the probability store (under a temporary name, renamed into place); False if it exists."""
     if path.exists():
-        return
+        return False
     tmp = path.with_name(f".{path.name}.partial-{uuid.uuid4().hex[:8]}")
     zarr.create_array(
         store=str(tmp), shape=(classes, *shape), chunks=(classes, *chunks), shards=(classes, *shards), dtype="uint8",
-        fill_value=0, compressors=compressors_for("blosc-zstd"),
+        fill_value=0, compressors=checked_compressors(),
         attributes={**attrs, "scale": "probability * 255, rounded", "axes": "C" + "ZYX"[-len(shape):]},
     )
     try:
         os.rename(tmp, path)
-    except OSError:
+    except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if exc.errno in (errno.EEXIST, errno.ENOTEMPTY) and path.exists():
+            return False  # another part created it first
+        raise OutputWriteError(
+            f"cannot create the probabilities {path}: renaming {tmp.name} into place failed "
+            f"({exc.strerror or exc}): free space or fix permissions"
+        ) from None
+    return True
+
+
+def _check_probabilities(path: Path, settings: dict[str, Any]) -> None:
+    """Refuse an existing probability store made by another run (other input or settings)."""
+    if not path.exists():
+        return
+    try:
+        meta = dict(zarr.open_array(store=str(path), mode="r").attrs).get(ATTR_PROVENANCE) or {}
+    except Exception:
+        meta = {}
+    recorded = meta.get("settings")
+    if recorded is None:
+        raise OutputExistsError(
+            f"--probabilities {path} exists and is not the probability store of a rockseg prediction: choose "
+            f"another path or pass --overwrite"
+        )
+    if recorded != comparable(recorded, settings):
+        raise OutputExistsError(
+            f"--probabilities {path} holds probabilities of another run: "
+            f"{differences(recorded, comparable(recorded, settings))}: choose another path or pass --overwrite"
+        )
 
 
 def missing_message(pred: Prediction, missing: Sequence[Triple], *, limit: int = 20) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from rockseg.io.stores import open_volume, parse_crop, parse_phases, phases_of
+from rockseg.io.stores import ATTR_PROVENANCE, open_volume, parse_crop, parse_phases, phases_of
 from rockseg.metrics.report import check_report_dir, parse_report_slice, write_report
 from rockseg.metrics.score import score_volumes
 
@@ -47,6 +47,9 @@ def score_stores(
     p = open_volume(where(pred), name="prediction")
     t = open_volume(where(truth), name="truth") if truth is not None else None
     m = open_volume(where(mask), name="mask") if mask is not None else None
+    outside = (dict(p.attrs).get(ATTR_PROVENANCE) or {}).get("outside_mask")
+    if outside is not None and m is None:  # a masked prediction: its outside label is no phase, --mask or not
+        m, mask = _Labelled(p, outside), f"{pred} (voxels labelled {outside} are outside its mask)"
     if unlabelled is not None and t is not None:  # sparse truth: its unlabelled voxels are left out, as a mask does
         m, mask = _Labelled(t, unlabelled, m), f"{mask or truth} (truth voxels {unlabelled} are unlabelled)"
     named = parse_phases(phases)
@@ -68,7 +71,7 @@ def score_stores(
 
 class _Labelled:
     """A mask computed block by block: nonzero where the truth is labelled (not ``unlabelled``) and ``mask``, if
-    given, is nonzero (``score --unlabelled``: sparse labels)."""
+    given, is nonzero (``score --unlabelled``: sparse labels; also a masked prediction's outside label)."""
 
     def __init__(self, truth: Any, unlabelled: int, mask: Any = None) -> None:
         self.truth, self.unlabelled, self.mask = truth, int(unlabelled), mask

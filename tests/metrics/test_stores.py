@@ -40,3 +40,21 @@ def test_a_bad_report_option_fails_before_scoring(tmp_path, monkeypatch):
     with pytest.raises(InputError):
         score_stores(tmp_path / "p.zarr", report=tmp_path / "new", report_slice="w=3")
     assert called == []
+
+
+def test_a_masked_prediction_is_scored_without_its_outside(tmp_path, boxsum):
+    from rockseg.inference import PredictConfig, predict
+    from tests.helpers import binary_volume
+
+    binary_volume(tmp_path / "v.zarr", (16, 16, 16))
+    keep = np.zeros((16, 16, 16), np.uint8)
+    keep[3:, :12] = 1
+    m = zarr.create_array(store=str(tmp_path / "mask.zarr"), shape=keep.shape, chunks=keep.shape, dtype="uint8")
+    m[...] = keep
+    predict(tmp_path / "v.zarr", tmp_path / "p.zarr", model=boxsum(tmp_path / "m.pt"),
+            config=PredictConfig(block=8, device="cpu", mask=str(tmp_path / "mask.zarr")))
+    alone = score_stores(tmp_path / "p.zarr")
+    masked = score_stores(tmp_path / "p.zarr", mask=tmp_path / "mask.zarr")
+    assert alone["voxels"] == int(keep.sum()) == masked["voxels"]
+    assert [p["label"] for p in alone["phases"]] == [p["label"] for p in masked["phases"]]
+    assert 255 not in [p["label"] for p in alone["phases"]]
