@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import queue
 import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -30,7 +32,7 @@ from rockseg.inference.region import BlockBuffers, TilePool, predict_region
 from rockseg.inference.runner import ModelThread, TileRunner
 from rockseg.inference.store import shard_lock
 from rockseg.io.omezarr import label_array_path
-from rockseg.io.stores import open_volume
+from rockseg.io.stores import ATTR_EVERY_CHUNK, open_volume
 from rockseg.models import model_from_payload, read_model_file
 
 
@@ -67,6 +69,7 @@ class _Engine:
         """``model_thread`` runs the model (see :class:`ModelThread`); default a thread of the engine's own."""
         self.job = job
         self.volume = zarr.open_array(store=job.volume, mode="r")
+        self.every_chunk = dict(self.volume.attrs).get(ATTR_EVERY_CHUNK) is True and Path(job.volume).is_dir()
         self.out = open_volume(job.out, mode="r+")  # an OME-Zarr output: its level 0
         self.probs = zarr.open_array(store=job.probabilities, mode="r+") if job.probabilities else None
         self.mask = zarr.open_array(store=job.mask, mode="r") if job.mask else None
@@ -119,6 +122,8 @@ class _Engine:
         """Read a (Z, Y, X) box of the input given in volume coordinates (a 2D input is one plane), into ``out``
         (C-contiguous, the box's shape) when given."""
         sel = box[1:] if self.flat else box
+        if self.every_chunk:
+            self._check_files(sel)
         try:
             if out is None:
                 data = np.asarray(self.volume[sel])
@@ -146,6 +151,20 @@ class _Engine:
         if self.probs is not None:
             files.append(chunk_file(self.job.probabilities, self.probs, (0, *coords)))  # type: ignore[arg-type]
         return seal(files)
+
+    def _check_files(self, sel: tuple[slice, ...]) -> None:
+        """On a volume that stores every chunk (:data:`~rockseg.io.stores.ATTR_EVERY_CHUNK`), the files of the
+        chunks (or shards) ``sel`` reads must exist: zarr would read a lost one as the fill value, silently."""
+        unit = getattr(self.volume, "shards", None) or self.volume.chunks
+        ranges = [range(s.start // u, -(-s.stop // u)) for s, u in zip(sel, unit)]
+        for coords in itertools.product(*ranges):
+            key = self.volume.metadata.encode_chunk_key(coords)
+            if not (Path(self.job.volume) / key).is_file():
+                where = ",".join(f"{i * u}:{min((i + 1) * u, n)}" for i, u, n in zip(coords, unit, self.volume.shape))
+                raise InputError(
+                    f"volume {self.job.volume}: chunk {where} (file {key}) is missing, though the volume stores every "
+                    f"chunk: restore it from a copy or convert the volume again"
+                )
 
     def _unreadable(self, sel: tuple[slice, ...], exc: Exception) -> str:
         """The message naming the first chunk of the input in ``sel`` that cannot be read."""

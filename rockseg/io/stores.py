@@ -51,6 +51,9 @@ ATTR_PHASES = "phases"
 ATTR_PROVENANCE = "rockseg"
 ATTR_DTYPE = "dtype"
 ATTR_REGION = "source_region"
+#: True on a volume whose every chunk is stored (``rockseg convert`` writes empty ones too): a missing chunk file
+#: is then damage, not the fill value.
+ATTR_EVERY_CHUNK = "every_chunk_stored"
 
 
 

@@ -29,6 +29,7 @@ from rockseg.io.sources import RegionSource, Source, _as_source
 from rockseg.io.omezarr import label_array_path, ome_output
 from rockseg.io.stores import (
     ATTR_DTYPE,
+    ATTR_EVERY_CHUNK,
     ATTR_INTENSITY,
     ATTR_PHASES,
     ATTR_PROVENANCE,
@@ -173,6 +174,7 @@ def _zarr_attributes(source: Source, stats: dict[str, Any], extra: dict[str, Any
         ATTR_DTYPE: source.dtype.name,
         ATTR_INTENSITY: stats,
         ATTR_PROVENANCE: provenance(source_format=source.kind, **origin),
+        ATTR_EVERY_CHUNK: True,  # convert writes every chunk (see write_zarr): predict can tell a lost one
     })
     attrs.update(extra or {})
     return attrs

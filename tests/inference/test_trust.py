@@ -285,3 +285,23 @@ def test_a_store_of_the_previous_version_still_resumes_verifies_and_stitches(tmp
     ref = tmp_path / "ref.zarr"
     predict(tmp_path / "v.zarr", ref, model=model, config=PredictConfig(block=8, device="cpu"))
     np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "f.zarr"))[...], zarr.open_array(str(ref))[...])
+
+
+def test_a_missing_input_chunk_of_a_converted_volume_is_named(tmp_path, boxsum):
+    """convert stores every chunk (and says so), so a chunk file lost afterwards is damage, not the fill value."""
+    from rockseg.errors import InputError
+    from rockseg.io import convert
+
+    data = np.random.default_rng(0).integers(0, 2, (16, 16, 16)).astype(np.uint8)
+    data[:8, :8, 8:] = 0  # an empty chunk is stored too
+    np.save(tmp_path / "v.npy", data)
+    convert(tmp_path / "v.npy", tmp_path / "v.zarr", chunks=(8, 8, 8))
+    assert (tmp_path / "v.zarr" / "c" / "0" / "0" / "1").is_file()
+    model = boxsum(tmp_path / "m.pt")
+    cfg = PredictConfig(block=8, device="cpu")
+    predict(tmp_path / "v.zarr", tmp_path / "whole.zarr", model=model, config=cfg)
+    (tmp_path / "v.zarr" / "c" / "1" / "0" / "1").unlink()
+    with pytest.raises(InputError, match=r"chunk 8:16,0:8,8:16 \(file c/1/0/1\) is missing"):
+        predict(tmp_path / "v.zarr", tmp_path / "p.zarr", model=model, config=cfg)
+    done = Prediction(tmp_path / "p.zarr").missing()
+    assert done  # the blocks that read the lost chunk are not recorded as done
