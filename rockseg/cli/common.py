@@ -109,8 +109,8 @@ def command(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def tune_allocator() -> None:
-    """For the commands that run a network (train, predict, demo): :func:`rockseg.devices.tune_malloc`, only in
-    the rockseg command's own process, never in a library caller's."""
+    """For the commands that allocate large arrays again and again (train, predict, demo, score):
+    :func:`rockseg.devices.tune_malloc`, only in the rockseg command's own process, never in a library caller's."""
     if _own_process:
         from rockseg.devices import tune_malloc
 

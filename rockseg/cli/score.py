@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from rockseg.cli.common import app, command, out_console
+from rockseg.cli.common import app, command, out_console, tune_allocator
 from rockseg.cli.tables import score_table
 from rockseg.vocabulary import Connectivity
 
@@ -40,6 +40,7 @@ def score(
 
     if json_out and csv_out:
         raise InputError("--json and --csv both print on stdout: give one of them")
+    tune_allocator()  # every block allocates the same large arrays: reuse them (peak RSS 1.14x at 2048^3 vs 1024^3 without)
     result = score_stores(
         pred, truth, connectivity=int(connectivity.value), crop=crop, phases=phases, ignore=ignore or (), mask=mask,
         per_slice=per_slice, report=report, report_slice=report_slice, num_workers=workers, overwrite=overwrite,

@@ -33,15 +33,18 @@ def test_bad_choice_rejected_before_work(tmp_path):
     assert result.exit_code == 2
 
 
-@pytest.mark.parametrize("command", ["train", "predict"])
+@pytest.mark.parametrize("command", ["train", "predict", "score"])
 def test_allocator_tuned_only_in_the_rockseg_process(tmp_path, monkeypatch, command):
-    """The commands that run a network tune glibc's allocator in the rockseg process, never in a caller's."""
+    """The commands that allocate large arrays block after block tune glibc's allocator in the rockseg process,
+    never in a caller's."""
     from rockseg import devices
     from rockseg.cli import common
 
     calls = []
     monkeypatch.setattr(devices, "tune_malloc", lambda: calls.append(command) or True)
     args = [command, str(tmp_path / "missing.zarr"), "-o", str(tmp_path / "out")]
+    if command == "score":
+        args = args[:2]
     if command == "predict":
         args += ["-m", str(tmp_path / "missing.pt")]
     assert runner.invoke(app, args).exit_code == 2  # the command ran as far as its input
