@@ -57,7 +57,7 @@ print(f"MONAI {labels.size} voxels in {time.perf_counter() - start:.2f} s")
 """
 
 
-def _model(path: Path, arch: str, base: int, tile: int, halo: int, stats: dict) -> None:
+def write_model(path: Path, arch: str, base: int, tile: int, halo: int, stats: dict, depth: int = 3) -> None:
     """A model file: a random UNet (timing only), or a linear classifier with three grey-value bands."""
     torch.manual_seed(0)
     if arch == "linear":
@@ -67,7 +67,7 @@ def _model(path: Path, arch: str, base: int, tile: int, halo: int, stats: dict) 
             net.logits.weight.copy_(torch.tensor([0.0, 10.0, 20.0]).view(3, 1, 1, 1, 1))
             net.logits.bias.copy_(torch.tensor([0.0, -3.0, -10.0]))
     else:
-        args = {"spatial_dims": 3, "classes": 3, "base_channels": base, "depth": 3}
+        args = {"spatial_dims": 3, "classes": 3, "base_channels": base, "depth": depth}
         net = build_model("unet", **args).eval()
     save_model_file(path, net, arch=arch, arch_args=args, spatial_dims=3, in_channels=1,
                     phases={i: f"p{i}" for i in range(3)}, normalization=stats, tile=tile, halo=halo)
@@ -89,7 +89,7 @@ def against_monai(args: argparse.Namespace, work: Path) -> None:
     for n in args.sizes:
         vol, stats = make_volume(work, n)
         model = work / f"{args.arch}.pt"
-        _model(model, args.arch, args.base, t, h, stats)
+        write_model(model, args.arch, args.base, t, h, stats)
         print(f"{n}^3 ({n**3 / 1e6:.0f} Mvoxel), {args.arch}{f' base {args.base}' if args.arch == 'unet' else ''}, "
               f"tile {t}, halo {h} (MONAI overlap {2 * h / t:.3f}), batch {b}, load {os.getloadavg()[0]:.1f}",
               flush=True)
@@ -122,7 +122,7 @@ def engine_ceiling(args: argparse.Namespace, work: Path) -> None:
     for n in args.sizes:
         vol, stats = make_volume(work, n)
         model = work / "linear.pt"
-        _model(model, "linear", 0, t, h, stats)
+        write_model(model, "linear", 0, t, h, stats)
         for r in range(args.rounds):
             before = resource.getrusage(resource.RUSAGE_CHILDREN)
             load = os.getloadavg()[0]

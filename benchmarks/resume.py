@@ -21,26 +21,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 import zarr
 
-from rockseg.models import build_model, save_model_file
-
-
-def _model(path: Path, arch: str = "linear") -> None:
-    torch.manual_seed(0)
-    if arch == "linear":
-        args = {"spatial_dims": 3, "classes": 3}
-        net = build_model("linear", **args).eval()
-        with torch.no_grad():
-            net.logits.weight.copy_(torch.tensor([0.0, 10.0, 20.0]).view(3, 1, 1, 1, 1))
-            net.logits.bias.copy_(torch.tensor([0.0, -3.0, -10.0]))
-    else:  # a small random UNet (timing only)
-        args = {"spatial_dims": 3, "classes": 3, "base_channels": 4, "depth": 2}
-        net = build_model(arch, **args).eval()
-    save_model_file(path, net, arch=arch, arch_args=args, spatial_dims=3, in_channels=1,
-                    phases={i: f"p{i}" for i in range(3)}, normalization={"p_low": 0.0, "p_high": 255.0},
-                    tile=32, halo=4)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from predict import write_model  # noqa: E402
 
 
 def _cmd(work: Path, out: Path, block: int) -> list[str]:
@@ -62,7 +46,7 @@ def main() -> None:
         arr = zarr.create_array(store=str(work / "v.zarr"), shape=data.shape, chunks=(64, 64, 64), dtype="uint8")
         arr[...] = data
         arr.attrs["intensity"] = {"p_low": 0.0, "p_high": 255.0}
-        _model(work / "m.pt", args.arch)
+        write_model(work / "m.pt", args.arch, base=4, tile=32, halo=4, stats={"p_low": 0.0, "p_high": 255.0}, depth=2)
         units = -(-args.size // args.block) ** 3
         for r in range(args.rounds):
             for out in (work / "full.zarr", work / "killed.zarr"):

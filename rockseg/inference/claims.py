@@ -72,7 +72,7 @@ class Claims:
             return False
         if int(pid) == os.getpid():  # an earlier run of this process (a later one of the same run never asks)
             return len(holder) < 4 or holder[3] != self.run
-        return not _alive(int(pid))
+        return not process_alive(int(pid))
 
     def keep(self, unit: Sequence[int]) -> None:
         """``unit`` is recorded: its claim stays, so that a run that read the records before cannot claim it
@@ -104,7 +104,8 @@ def _read(path: Path) -> list[str] | None:
     return fields if len(fields) >= 2 else None
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this host (one of another user counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

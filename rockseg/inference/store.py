@@ -56,6 +56,7 @@ from typing import Any
 import zarr
 
 from rockseg.errors import IncompleteError, InputError, MissingInputError, OutputExistsError, OutputWriteError
+from rockseg.inference.claims import process_alive
 from rockseg.inference.grid import Triple, block_grid
 from rockseg.inference.durable import chunk_file, files_match
 from rockseg.inference.identity import comparable, differences
@@ -452,7 +453,7 @@ class RunLock:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             except FileExistsError:
                 host, _, pid = self.path.read_text().partition(" ")
-                if host == socket.gethostname() and pid.strip().isdigit() and not _alive(int(pid)):
+                if host == socket.gethostname() and pid.strip().isdigit() and not process_alive(int(pid)):
                     self.path.unlink(missing_ok=True)  # left by a run that was killed: take it over
                     continue
                 raise OutputExistsError(
@@ -467,13 +468,3 @@ class RunLock:
 
     def __exit__(self, *exc: object) -> None:
         self.path.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -7,7 +7,7 @@ pairs and writes a *tile set*: a Zarr v3 group that :func:`rockseg.training.trai
 out the patches (:mod:`rockseg.training.sampling`), and :func:`_write_tile_set` samples and writes them part by
 part (:func:`_write_part`), copies each pair's *training region* (:func:`_write_regions`) and writes the attributes
 below (:func:`_tile_set_attrs`). Patch positions are class-balanced by default; ``balance=False`` gives uniform
-positions only.
+positions only. ``make_tiles`` is long only by its docstring, the contract of the tile set's options.
 
 The training region of a pair is its training slab: every voxel a training patch may come from, and no voxel of
 its validation slab. ``rockseg train`` draws fresh random patches from the regions every step
