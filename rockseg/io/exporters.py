@@ -23,7 +23,7 @@ from rockseg.io.options import _check_voxel_size
 from rockseg.io.raw import _MET_TYPES
 from rockseg.io.sources import Source, _as_source
 from rockseg.io.stores import ATTR_VOXEL_SIZE, ATTR_VOXEL_UNIT, atomic_output, check_new_output
-from rockseg.io.streaming import _progress_bar, _stream, _writing
+from rockseg.io.streaming import _progress_bar, _stream, _stream_into, _writing
 from rockseg.io.tiff import TIFF_EXTENSIONS
 from rockseg.io.zarr_writer import write_zarr
 
@@ -193,13 +193,7 @@ def _write_netcdf(source: Source, tmp: Path, slab: int, advance: Callable[[int],
                 holder.voxel_size_xyz = np.array(source.voxel_size[::-1], np.float64)
                 if source.voxel_unit:
                     holder.voxel_unit = source.voxel_unit
-        for z0, z1, block in _stream(source, slab):
-            block = block.astype(dtype, copy=False)
-            if source.ndim == 2:
-                var[...] = block
-            else:
-                var[z0:z1] = block
-            advance(block.nbytes)
+        _stream_into(var, source, slab, dtype, advance)
 
 
 def _write_raw(source: Source, tmp: Path, slab: int, advance: Callable[[int], None]) -> None:

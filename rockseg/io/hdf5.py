@@ -19,7 +19,7 @@ import numpy as np
 from rockseg.errors import InputError
 from rockseg.io.sources import Source, _to_um, _voxel_from_attrs
 from rockseg.io.stores import ATTR_VOXEL_SIZE, ATTR_VOXEL_UNIT
-from rockseg.io.streaming import _stream
+from rockseg.io.streaming import _stream_into
 
 HDF5_EXTENSIONS = (".h5", ".hdf5", ".hdf", ".he5", ".nxs")
 
@@ -159,10 +159,4 @@ def write_hdf5(source: Source, tmp: Path, slab: int, advance: Callable[[int], No
             data.attrs[ATTR_VOXEL_SIZE] = np.array(source.voxel_size, np.float64)
             if source.voxel_unit:
                 data.attrs[ATTR_VOXEL_UNIT] = source.voxel_unit
-        for z0, z1, block in _stream(source, slab):
-            block = block.astype(dtype, copy=False)
-            if source.ndim == 2:
-                data[...] = block
-            else:
-                data[z0:z1] = block
-            advance(block.nbytes)
+        _stream_into(data, source, slab, dtype, advance)

@@ -130,6 +130,17 @@ def _stream(source: Source, slab: int) -> Iterator[tuple[int, int, np.ndarray]]:
     return _prefetch(_slabs(source, slab), slab * plane if several else None)
 
 
+def _stream_into(target: Any, source: Source, slab: int, dtype: Any, advance: Callable[[int], None]) -> None:
+    """Copy the whole source into ``target`` (an HDF5 dataset or a netCDF variable of its shape), slab by slab."""
+    for z0, z1, block in _stream(source, slab):
+        block = block.astype(dtype, copy=False)
+        if source.ndim == 2:
+            target[...] = block
+        else:
+            target[z0:z1] = block
+        advance(block.nbytes)
+
+
 def _write_error(dest: Path, exc: OSError) -> OutputWriteError:
     code = exc.errno
     reason = exc.strerror or str(exc) or type(exc).__name__
