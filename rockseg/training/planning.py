@@ -27,6 +27,13 @@ MAX_DEPTH = 5
 FALLBACK_DEPTH = 3
 """The depth when no depth fits the rule (tiles too small): the error then names a tile size that works."""
 
+MIN_INIT_BOTTLENECK = 3
+"""Voxels along an axis of the smallest feature map that ``train --init`` needs of the tile set's patches. At 2 or
+1 every voxel of the deepest maps sits on a zero-padded border, so fine-tuning re-learns their normalisation
+statistics from borders only and the model fails on the larger tiles predict uses: the default model (depth 4)
+fine-tuned on 32^3 patches scored validation mean IoU 0.895 on its 32^3 patches but pore IoU 0.59 when predicting
+(0.87 fine-tuned on 48^3 patches; ``benchmarks/finetune.py``)."""
+
 
 def plan_depth(arch: str, arch_args: Mapping[str, Any], size: int) -> int:
     """The largest depth (<= :data:`MAX_DEPTH`) whose divisor divides ``size`` and keeps ``MIN_BOTTLENECK``.

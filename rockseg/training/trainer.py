@@ -67,7 +67,7 @@ from rockseg.training.hardware import _Placement, _placement, _torch_threads, tr
 from rockseg.training.loop import _Run
 from rockseg.training.losses import parse_class_weights, parse_loss
 from rockseg.training.network import _build, _plain
-from rockseg.training.planning import plan_depth
+from rockseg.training.planning import MIN_INIT_BOTTLENECK, plan_depth
 from rockseg.training.regions import _load_regions, _Regions
 from rockseg.training.settings import (
     TrainConfig, curve_path_for, halo_for, log_path_for, network_arch, tile_for,
@@ -227,6 +227,13 @@ def _network_args(
         raise InputError(
             f"tile set {tiles} has tiles of {size} voxels but --arch {config.arch} with --depth {arch_args['depth']} "
             f"needs a multiple of {divisor}: lower --depth or re-make the tiles with a --size that is a multiple of it"
+        )
+    if init is not None and size // divisor < MIN_INIT_BOTTLENECK:
+        raise InputError(
+            f"tile set {tiles} has tiles of {size} voxels, which the network of --init {init.given} (depth "
+            f"{arch_args.get('depth')}) pools to {size // divisor} voxel(s) per axis: fine-tuned on tiles that small "
+            f"it fails on the larger tiles predict uses; re-make the tiles with 'rockseg tile --size "
+            f"{MIN_INIT_BOTTLENECK * divisor}' (or larger)"
         )
     return arch_args, divisor
 

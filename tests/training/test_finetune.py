@@ -79,9 +79,21 @@ def test_encoder_trains_again_after_the_frozen_epochs(base_model, tilesets, tmp_
     assert not torch.equal(ckpt["model"]["enc1.0.weight"], start["enc1.0.weight"])
 
 
-def test_model_file_records_the_shipped_default_it_started_from(tilesets, tmp_path):
+@pytest.fixture(scope="module")
+def tiles48(tmp_path_factory) -> Path:
+    """A 3D tile set of 48^3 patches: the smallest the shipped default (depth 4) may be fine-tuned on."""
+    d = tmp_path_factory.mktemp("t48")
+    image, labels = two_phase((48, 48, 96), seed=2)
+    for name, data in (("img.zarr", image), ("lab.zarr", labels)):
+        zarr.create_array(str(d / name), data=data, chunks=(48, 48, 48))
+    make_tiles(d / "img.zarr", d / "lab.zarr", d / "t48.zarr", dims=3, size=48, count=2,
+               phases={0: "pore", 1: "grain"})
+    return d / "t48.zarr"
+
+
+def test_model_file_records_the_shipped_default_it_started_from(tiles48, tmp_path):
     out = tmp_path / "tuned.pt"
-    result = CliRunner().invoke(app, ["train", str(tilesets[3]), "-o", str(out), "--init", "default",
+    result = CliRunner().invoke(app, ["train", str(tiles48), "-o", str(out), "--init", "default",
                                       "--epochs", "1", "--steps-per-epoch", "1", "--batch-size", "2",
                                       "--threads", "1", "--device", "cpu"])
     assert result.exit_code == 0, result.output
@@ -127,6 +139,18 @@ def test_init_that_does_not_fit_is_refused(base_model, tilesets, tmp_path, case)
     message = " ".join(result.output.split())
     assert "--init" in message and str(init.name) in message
     assert not out.exists()
+
+
+def test_tiles_too_small_for_the_init_network_are_refused(tilesets, tiles48, tmp_path):
+    """16^3 patches leave the default model (depth 4) one voxel per axis at its bottleneck: refused in one line
+    naming the tile size that works, before anything is written; 48^3 patches are accepted (the test above)."""
+    out = tmp_path / "tuned.pt"
+    result = CliRunner().invoke(app, ["train", str(tilesets[3]), "-o", str(out), "--init", "default", "--epochs",
+                                      "1", "--device", "cpu"])
+    assert result.exit_code == 2, result.output
+    message = " ".join(result.output.split())
+    assert "tiles of 16 voxels" in message and "--init default" in message and "--size 48" in message
+    assert not out.exists() and not (tmp_path / "tuned.ckpt").exists()
 
 
 def test_unknown_init_name_is_refused(tilesets, tmp_path):
