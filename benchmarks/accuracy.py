@@ -1,11 +1,11 @@
-"""Accuracy on real rock, end to end through the CLI as a user would run it (issues 6 and 15).
+"""Accuracy on real rock, end to end through the CLI as a user would run it (issues 6, 15 and 19).
 
-    python benchmarks/accuracy.py [--workdir DIR] [--only sandstone|berea|realistic|shipped] [--minutes-2d M]
+    python benchmarks/accuracy.py [--workdir DIR] [--only sandstone|berea|realistic|shipped|finetune] [--minutes-2d M]
                                   [--minutes-3d M] [--berea-dims 3,2] [--noise N] [--minutes-realistic M]
-                                  [--recipe "TRAIN OPTIONS"]
+                                  [--recipe "TRAIN OPTIONS"] [--minutes-finetune M]
 
-With the defaults (12 minutes per 2D model, 40 for the 3D model) the whole run takes about 70 minutes on a
-2-core CPU.
+With the defaults (12 minutes per 2D model, 40 for the 3D model) the sandstone and berea cases take about 70
+minutes on a 2-core CPU, realistic about 20, shipped about 5 and finetune about 40 (4 minutes per run).
 
 1. ``../shared/data/sandstone-versa``: a 2D model trained on 8 of the 10 real 4-phase slices (z = 100 and 300 are
    held out: interior slices, 50 voxels from their nearest training slices), scored on the other 2. The baseline
@@ -30,6 +30,9 @@ With the defaults (12 minutes per 2D model, 40 for the 3D model) the whole run t
    icl-mixedwet under three scanners (HARD, HARD16: 16-bit, blurrier, noise correlated further than in
    training, stronger cupping; MILD) and the held-out part of Berea (z >= 272; the shipped model saw z < 256) under
    two. Pore IoU and pore Euler number against a median + Otsu threshold, and the prediction speed.
+5. ``finetune`` (issue 19): ``benchmarks/finetune.py``'s three comparisons, ``--minutes-finetune`` per run: the
+   shipped model fine-tuned (``--init default``) against from scratch by test pore IoU per time budget, labels on
+   every 10th slice against dense, and ``--arch pix2pix`` against a UNet on sandstone-versa.
 
 The work directory keeps every store, model, log and training curve, so a run can be looked at afterwards.
 """
@@ -413,7 +416,7 @@ def shipped(work: Path, model: str | None = None) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", type=Path, default=None)
-    parser.add_argument("--only", choices=("sandstone", "berea", "realistic", "shipped"), default=None)
+    parser.add_argument("--only", choices=("sandstone", "berea", "realistic", "shipped", "finetune"), default=None)
     parser.add_argument("--minutes-realistic", type=float, default=15.0,
                         help="training minutes of the realistic 3-phase case (issue 15: 15 on a 2-core CPU)")
     parser.add_argument("--scanner", choices=tuple(SCANNERS), default="hard",
@@ -422,6 +425,8 @@ def main() -> None:
                         "'--loss ce+dice+cldice' (default: none, rockseg's defaults)")
     parser.add_argument("--model", default=None, help="the shipped case: measure this model file or shipped name "
                         "instead of the default (e.g. a candidate default model)")
+    parser.add_argument("--minutes-finetune", type=float, default=4.0,
+                        help="the finetune case: minutes per run (benchmarks/finetune.py --minutes)")
     parser.add_argument("--minutes-2d", type=float, default=12.0, help="training minutes of each 2D model")
     parser.add_argument("--minutes-3d", type=float, default=40.0, help="training minutes of the 3D model")
     parser.add_argument("--berea-dims", default="3,2", help="which berea models to train: 3, 2 or 3,2")
@@ -446,6 +451,21 @@ def main() -> None:
         realistic(work, args.minutes_realistic, tuple(args.recipe.split()), args.scanner)
     if args.only in (None, "shipped") and BEREA.exists():
         shipped(work, args.model)
+    if args.only in (None, "finetune") and BEREA.exists():
+        label_less(work / "finetune", args.minutes_finetune)
+
+
+def label_less(work: Path, minutes: float) -> None:
+    """Issue 19's figures, as ``benchmarks/finetune.py`` measures them (its docstring says how)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import finetune
+
+    work.mkdir(parents=True, exist_ok=True)
+    paths = finetune.berea_case(work)
+    finetune.finetune(work, paths, minutes, os.cpu_count() or 1)
+    finetune.sparse(work, paths, minutes, os.cpu_count() or 1)
+    if SANDSTONE.exists():
+        finetune.pix2pix(work, minutes, os.cpu_count() or 1)
 
 
 if __name__ == "__main__":
