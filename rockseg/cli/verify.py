@@ -20,16 +20,11 @@ def verify(
 ) -> dict:
     """Check every shard of predictions against its completion record (exit 1 listing what is missing or
     corrupt; re-running the same 'rockseg predict' redoes exactly those)."""
-    from rockseg.errors import IncompleteError
-    from rockseg.inference.verifying import verify as run, verify_message
+    from rockseg.inference.verifying import raise_unverified, verify as run
 
     results = [run(p, workers=workers, progress=interactive(), log=log) for p in preds]
     for r in results:
         if r["complete"]:
             out_console.print(f"{r['path']}: all {r['units']} {r['unit_name']} verified")
-    bad = [verify_message(r) for r in results if not r["complete"]]
-    if bad:
-        raise IncompleteError(
-            "; ".join(bad) + ": run the same 'rockseg predict' command again to redo exactly those"
-        )
+    raise_unverified(results)
     return {"predictions": results, "complete": True}

@@ -26,12 +26,11 @@ from zarr.core.buffer.cpu import NDBuffer
 
 from rockseg.devices import available_cpus, release_free_memory, resolve_device, tune_malloc
 from rockseg.errors import InputError
-from rockseg.inference.durable import chunk_file, seal
+from rockseg.inference.durable import seal
 from rockseg.inference.grid import TileGrid, Triple, block_region
 from rockseg.inference.region import BlockBuffers, TilePool, predict_region
 from rockseg.inference.runner import ModelThread, TileRunner
-from rockseg.inference.store import shard_lock
-from rockseg.io.omezarr import label_array_path
+from rockseg.inference.store import shard_lock, unit_files
 from rockseg.io.stores import ATTR_EVERY_CHUNK, open_volume
 from rockseg.models import model_from_payload, read_model_file
 
@@ -146,11 +145,7 @@ class _Engine:
     def seal(self, unit: Triple) -> dict[str, Any]:
         """Flush the files of a written unit (shard) to disk; the fields of its completion record
         (:func:`~.durable.seal`)."""
-        coords = tuple(unit)[-self.out.ndim:]
-        files = [chunk_file(label_array_path(self.job.out), self.out, coords)]
-        if self.probs is not None:
-            files.append(chunk_file(self.job.probabilities, self.probs, (0, *coords)))  # type: ignore[arg-type]
-        return seal(files)
+        return seal(unit_files(self.job.out, self.out, self.job.probabilities, self.probs, unit))
 
     def _check_files(self, sel: tuple[slice, ...]) -> None:
         """On a volume that stores every chunk (:data:`~rockseg.io.stores.ATTR_EVERY_CHUNK`), the files of the

@@ -178,7 +178,7 @@ class Prediction:
             if name.startswith("."):
                 continue
             for unit, fields in read_record_fields(self.records_dir / name):
-                if fields.get("id") not in invalid or "id" not in fields:
+                if fields.get("id") not in invalid:
                     out.setdefault(unit, []).append(fields)
         return out
 
@@ -189,13 +189,9 @@ class Prediction:
 
     def unit_files(self, unit: Sequence[int]) -> list[Path]:
         """The files of one unit: its shard (chunk, in layout 1) of labels, and of probabilities if any."""
-        coords = tuple(unit)[-self.array.ndim:]
-        files = [chunk_file(label_array_path(self.path), self.array, coords)]
         if self._probs is None and self.probabilities and Path(self.probabilities).exists():
             self._probs = zarr.open_array(store=self.probabilities, mode="r")
-        if self._probs is not None:
-            files.append(chunk_file(self.probabilities, self._probs, (0, *coords)))  # type: ignore[arg-type]
-        return files
+        return unit_files(self.path, self.array, self.probabilities, self._probs, unit)
 
     def missing(self) -> list[Triple]:
         """The units not yet done, in C order (by their records: ``rockseg verify`` checks the data)."""
@@ -213,6 +209,17 @@ class Prediction:
         """Record that every unit is done (the claims of the runs that did them are no longer needed)."""
         (self.path / MARKER_DIR / "complete").touch()
         shutil.rmtree(self.path / MARKER_DIR / "claims", ignore_errors=True)
+
+
+def unit_files(path: str | os.PathLike[str], labels: zarr.Array, probabilities_path: str | None,
+               probabilities: zarr.Array | None, unit: Sequence[int]) -> list[Path]:
+    """The files of one unit of the prediction at ``path``: its shard (chunk, in layout 1) of ``labels``, and of
+    ``probabilities`` (stored at ``probabilities_path``) when given."""
+    coords = tuple(unit)[-labels.ndim:]
+    files = [chunk_file(label_array_path(path), labels, coords)]
+    if probabilities is not None:
+        files.append(chunk_file(str(probabilities_path), probabilities, (0, *coords)))
+    return files
 
 
 def _parse_index(text: str) -> Triple | None:

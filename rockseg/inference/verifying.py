@@ -44,8 +44,9 @@ def verify(pred_path: str | os.PathLike[str], *, workers: int = 2, progress: boo
 
     def check(unit: Triple) -> tuple[Triple, str | None, list[str]]:
         reasons, ids = [], []
+        files = pred.unit_files(unit)
         for rec in records[unit]:
-            reason = check_record(pred.unit_files(unit), rec) if "crc32c" in rec else _decodes(pred, unit)
+            reason = check_record(files, rec) if "crc32c" in rec else _decodes(pred, unit)
             if reason is None:
                 return unit, None, []
             reasons.append(reason)
@@ -113,8 +114,12 @@ def verify_message(result: dict[str, Any], *, limit: int = 20) -> str:
 
 def check_verified(paths: list[Path], *, workers: int = 2) -> None:
     """Verify each prediction; raise :class:`IncompleteError` naming what is missing or corrupt."""
-    bad = [verify_message(r) for r in (verify(p, workers=workers) for p in paths) if not r["complete"]]
+    raise_unverified([verify(p, workers=workers) for p in paths], then=", then stitch")
+
+
+def raise_unverified(results: list[dict[str, Any]], *, then: str = "") -> None:
+    """Raise :class:`IncompleteError` naming what is missing or corrupt in the :func:`verify` results, if any."""
+    bad = [verify_message(r) for r in results if not r["complete"]]
     if bad:
-        raise IncompleteError(
-            "; ".join(bad) + ": run the same 'rockseg predict' command again to redo exactly those, then stitch"
-        )
+        raise IncompleteError("; ".join(bad) + f": run the same 'rockseg predict' command again to redo exactly "
+                              f"those{then}")

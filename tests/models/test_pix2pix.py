@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 from rockseg.cli import app
 from rockseg.models import load_model, read_model_file
 from rockseg.models.pix2pix import PatchDiscriminator
-from rockseg.training import TrainConfig, make_tiles, train
+from rockseg.training import TrainConfig, train
 from rockseg.training.adversarial import _Adversary, discriminator_layers
-from tests.training.helpers import TINY, two_phase
+from tests.training.helpers import TINY, tile_set, two_phase
 
 
 @pytest.mark.parametrize("dims,size,patches", [(2, 32, 4), (3, 16, 2)])
@@ -49,10 +49,7 @@ def test_the_discriminator_learns_to_tell_labels_from_a_blur():
 @pytest.fixture(scope="module")
 def tiles2d(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("p2p")
-    image, labels = two_phase((8, 64, 64), seed=2)
-    for name, data in (("img.zarr", image), ("lab.zarr", labels)):
-        zarr.create_array(str(d / name), data=data, chunks=(4, 32, 32))
-    make_tiles(d / "img.zarr", d / "lab.zarr", d / "t.zarr", dims=2, size=16, count=16)
+    tile_set(d, *two_phase((8, 64, 64), seed=2), (4, 32, 32), dims=2, size=16, count=16)
     return d
 
 

@@ -33,6 +33,17 @@ def write(path: Path, data: np.ndarray, **attrs) -> Path:
     return path
 
 
+def tile_set(folder: Path, image: np.ndarray, labels: np.ndarray, chunks: tuple[int, ...], name: str = "t.zarr",
+             **options) -> Path:
+    """Write ``image`` and ``labels`` as stores in ``folder`` and tile them (``make_tiles`` ``options``)."""
+    from rockseg.training import make_tiles
+
+    for store, data in (("img.zarr", image), ("lab.zarr", labels)):
+        zarr.create_array(str(folder / store), data=data, chunks=chunks)
+    make_tiles(folder / "img.zarr", folder / "lab.zarr", folder / name, **options)
+    return folder / name
+
+
 def weights(path: Path) -> dict[str, torch.Tensor]:
     return read_model_file(path)["state_dict"]
 

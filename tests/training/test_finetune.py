@@ -8,15 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import zarr
 from typer.testing import CliRunner
 
 from rockseg.cli import app
 from rockseg.errors import InputError
 from rockseg.models import build_model, file_sha256, read_model_file, resolve_model, save_model_file
-from rockseg.training import TrainConfig, make_tiles, train
+from rockseg.training import TrainConfig, train
 from rockseg.training.finetune import encoder_modules, load_init, resolve_init
-from tests.training.helpers import TINY, two_phase, weights
+from tests.training.helpers import TINY, tile_set, two_phase, weights
 
 TINY_INIT = {k: v for k, v in TINY.items() if k != "base_channels"}
 
@@ -32,14 +31,10 @@ def base_model(tilesets, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def three_phase(tmp_path_factory) -> Path:
     """A 3D tile set of three phases (the grains split by grey value)."""
-    d = tmp_path_factory.mktemp("three")
     image, labels = two_phase((32, 32, 32), seed=1)
     labels = np.where((labels == 1) & (image > 140), 2, labels).astype(np.uint8)
-    for name, data in (("img.zarr", image), ("lab.zarr", labels)):
-        zarr.create_array(str(d / name), data=data, chunks=(16, 16, 16))
-    make_tiles(d / "img.zarr", d / "lab.zarr", d / "t3.zarr", dims=3, size=16, count=8,
-               phases={0: "pore", 1: "grain", 2: "bright"})
-    return d / "t3.zarr"
+    return tile_set(tmp_path_factory.mktemp("three"), image, labels, (16, 16, 16), "t3.zarr", dims=3, size=16,
+                    count=8, phases={0: "pore", 1: "grain", 2: "bright"})
 
 
 def test_init_copies_every_weight_and_keeps_the_network(base_model, tilesets):
@@ -82,13 +77,9 @@ def test_encoder_trains_again_after_the_frozen_epochs(base_model, tilesets, tmp_
 @pytest.fixture(scope="module")
 def tiles48(tmp_path_factory) -> Path:
     """A 3D tile set of 48^3 patches: the smallest the shipped default (depth 4) may be fine-tuned on."""
-    d = tmp_path_factory.mktemp("t48")
     image, labels = two_phase((48, 48, 96), seed=2)
-    for name, data in (("img.zarr", image), ("lab.zarr", labels)):
-        zarr.create_array(str(d / name), data=data, chunks=(48, 48, 48))
-    make_tiles(d / "img.zarr", d / "lab.zarr", d / "t48.zarr", dims=3, size=48, count=2,
-               phases={0: "pore", 1: "grain"})
-    return d / "t48.zarr"
+    return tile_set(tmp_path_factory.mktemp("t48"), image, labels, (48, 48, 48), "t48.zarr", dims=3, size=48,
+                    count=2, phases={0: "pore", 1: "grain"})
 
 
 def test_model_file_records_the_shipped_default_it_started_from(tiles48, tmp_path):
