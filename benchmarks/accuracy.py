@@ -368,8 +368,10 @@ def realistic(work: Path, minutes: float, recipe: tuple[str, ...] = (), scanner:
     _, out = rockseg("score", pred, lab, "--crop", f"{half}:256,0:256,0:256", "--json")
     print(f"tile + train {(t_tile + t_train) / 60:.1f} min (recipe: {' '.join(recipe) or 'the defaults'}), "
           f"predict {t_pred:.0f} s")
-    print_score(f"  rockseg 3D model, test half{' (trained on it: a ceiling)' if train_half == 'test' else ''}",
-                json.loads(out), per_slice=False)
+    print_score(f"  rockseg 3D model, test half{' (trained on it: a ceiling)' if train_half == 'test' else ''}, "
+                f"specks {model_specks(model)}", json.loads(out), per_slice=False)
+    without_specks("  the same, without removing specks (--specks 0)", img, lab, model, work / "real-pred-raw.zarr",
+                   f"{half}:256,0:256,0:256")
     if ICL.exists():
         other = geometry("icl")[:, 22:278, 22:278]
         image2, labels2 = realistic_scan(other, options, seed=12)
@@ -379,7 +381,24 @@ def realistic(work: Path, minutes: float, recipe: tuple[str, ...] = (), scanner:
         rockseg("predict", img2, "-m", model, "-o", pred2, "--overwrite")
         _, out = rockseg("score", pred2, lab2, "--json")
         print_score("  the same model on the unseen geometry (icl-mixedwet)", json.loads(out), per_slice=False)
+        without_specks("  the same, without removing specks (--specks 0)", img2, lab2, model,
+                       work / "real-icl-pred-raw.zarr")
     return {}
+
+
+def model_specks(model: str | Path | None) -> int:
+    """The speck size ``rockseg predict`` applies for a model file or shipped name (None: the default)."""
+    from rockseg.models import read_model_file, resolve_model
+
+    return int((read_model_file(resolve_model(model)).get("postprocess") or {}).get("specks", 0))
+
+
+def without_specks(title: str, img: Path, lab: Path, model: str | Path | None, out: Path,
+                   crop: str | None = None) -> None:
+    """Predict and score again with ``--specks 0``: what removing the model's specks changed."""
+    rockseg("predict", img, "-o", out, "--specks", 0, "--overwrite", *(("-m", model) if model else ()))
+    _, doc = rockseg("score", out, lab, "--json", *(("--crop", crop) if crop else ()))
+    print_score(title, json.loads(doc), per_slice=False)
 
 
 def shipped(work: Path, model: str | None = None) -> list[dict]:
@@ -413,7 +432,9 @@ def shipped(work: Path, model: str | None = None) -> list[dict]:
         _, doc = rockseg("score", pred, lab, "--json")
         doc = json.loads(doc)
         print_score(f"  {rock} {quality}: {'model' if model else 'shipped model'} "
-                    f"({rate.group(1) if rate else '?'} Mvoxel/s)", doc, per_slice=False)
+                    f"({rate.group(1) if rate else '?'} Mvoxel/s, specks {model_specks(model)})", doc, per_slice=False)
+        without_specks(f"  {rock} {quality}: the same without removing specks (--specks 0)", img, lab, model,
+                       work / f"{name}-pred-raw.zarr")
         rows.append({"rock": rock, "scan": quality, "doc": doc, "otsu": baseline})
     return rows
 

@@ -119,6 +119,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--card", type=Path, default=None, help="attach this JSON model card to --out and stop")
+    parser.add_argument("--choose-specks", action="store_true",
+                        help="choose --out's speck size on the validation tiles of this recipe (rendered again into "
+                             "--workdir if they are not there) and store it in the model file, without training")
     args = parser.parse_args()
     if args.card is not None:
         from rockseg.models import set_model_card
@@ -126,10 +129,55 @@ def main() -> None:
         set_model_card(args.out, json.loads(args.card.read_text()))
         print(f"wrote the model card of {args.out}")
         return
-    from rockseg.training import TrainConfig, make_tiles, train
+    from rockseg.training import TrainConfig, train
 
     work = args.workdir
     work.mkdir(parents=True, exist_ok=True)
+    if args.choose_specks:
+        if not (work / "tiles.zarr").exists():
+            render_tiles(work)
+        choose_specks(args.out, work / "tiles.zarr")
+        return
+    render_tiles(work)
+    # fresh random patches from the whole training regions every step (sampling "random"), a poly schedule over
+    # the time budget and the Euler-aware checkpoint choice: the measured defaults of rockseg train
+    config = TrainConfig(
+        arch="unet", base_channels=8, depth=4, max_minutes=args.minutes, steps_per_epoch=200,
+        batch_size=4, lr=2e-3, min_lr=2e-5, schedule="poly", loss="ce+dice", augment="strong", seed=0,
+        sampling="random", num_threads=args.threads, precision="float32",
+    )
+    summary = train(work / "tiles.zarr", args.out, config=config, log=print, overwrite=True)
+    print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, (list, dict))}))
+
+
+def choose_specks(model_path: Path, tiles: Path) -> None:
+    """Choose a model file's speck size on the validation tiles of ``tiles`` and store it in the file (what
+    ``rockseg train`` does at the end of every run, for a model trained before it did)."""
+    import torch
+
+    from rockseg.models import model_from_payload, read_model_file
+    from rockseg.models.modelfile import write_payload
+    from rockseg.training.data import _read_parts
+    from rockseg.training.tileset import read_tiles
+    from rockseg.training.validation import choose_speck_size
+
+    attrs, arrays = read_tiles(tiles)
+    parts, _ = _read_parts(tiles, attrs, arrays)
+    payload = read_model_file(model_path)
+    t0 = time.time()
+    chosen = choose_speck_size(model_from_payload(payload), parts["val"], classes=len(payload["phases"]),
+                               device=torch.device("cpu"))
+    for row in chosen["tried"]:
+        print(f"specks {row['specks']:3d}: validation mean IoU {row['mean_iou']:.4f}, Euler error "
+              f"{row['euler_error']}, score {row['score']:.4f}")
+    print(f"{model_path}: specks {chosen['specks']} ({len(parts['val'])} validation tiles, {time.time() - t0:.0f} s)")
+    write_payload(model_path, {**payload, "postprocess": chosen})
+
+
+def render_tiles(work: Path) -> None:
+    """Render the training volumes of the recipe into ``work`` and cut its tile set ``work/tiles.zarr``."""
+    from rockseg.training import make_tiles
+
     rng = np.random.default_rng(2026)
     pairs, record = [], []
     t0 = time.time()
@@ -151,15 +199,6 @@ def main() -> None:
     images, labels = [p[0] for p in pairs], [p[1] for p in pairs]
     make_tiles(images, labels, work / "tiles.zarr", dims=3, size=48, count=2000, val_fraction=0.15,
                phases={0: "pore", 1: "solid"}, overwrite=True)
-    # fresh random patches from the whole training regions every step (sampling "random"), a poly schedule over
-    # the time budget and the Euler-aware checkpoint choice: the measured defaults of rockseg train
-    config = TrainConfig(
-        arch="unet", base_channels=8, depth=4, max_minutes=args.minutes, steps_per_epoch=200,
-        batch_size=4, lr=2e-3, min_lr=2e-5, schedule="poly", loss="ce+dice", augment="strong", seed=0,
-        sampling="random", num_threads=args.threads, precision="float32",
-    )
-    summary = train(work / "tiles.zarr", args.out, config=config, log=print, overwrite=True)
-    print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, (list, dict))}))
 
 
 if __name__ == "__main__":

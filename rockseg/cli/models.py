@@ -40,6 +40,8 @@ def card_text(doc: dict[str, Any]) -> str:
         "  phases: " + ", ".join(f"{k}={v}" for k, v in doc["phases"].items()),
         f"  training: {t['epochs_run']} epochs, {t['steps']} steps, loss {t['loss']}, schedule {t['schedule']}, "
         f"best validation mean IoU {t['best_val_mean_iou']} (epoch {t['best_epoch']})",
+        f"  predict removes specks of up to {doc['specks']} voxels (--specks to change)" if doc["specks"]
+        else "  predict keeps every speck (--specks N to remove isolated pieces of up to N voxels)",
     ]
     card = doc["card"]
     if not card:

@@ -35,6 +35,7 @@ def predict(
     axis: Annotated[Axis, typer.Option(help="axis a 2D model runs along on a 3D volume")] = Axis.z,
     scheduler: Annotated[Optional[str], typer.Option(help="address of a Dask distributed scheduler, e.g. tcp://host:8786")] = None,
     devices: Annotated[Optional[str], typer.Option(help="several devices of this node, one worker each, e.g. cuda:0,cuda:1")] = None,
+    specks: Annotated[Optional[int], typer.Option(min=0, help="relabel isolated pieces of a phase of up to N voxels as the phase around them (default: the model's choice, made on its validation tiles; 0: keep them)")] = None,
     overwrite: Annotated[bool, typer.Option(help="discard an existing prediction and start again")] = False,
     json_out: JsonOption = False,
 ) -> dict:
@@ -48,7 +49,7 @@ def predict(
         normalization=normalize.value, part=parse_part(part), workers=workers,
         probabilities=str(probabilities) if probabilities else None, tta=tta, crop=crop,
         mask=str(mask) if mask else None, axis=axis.value, scheduler=scheduler,
-        devices=tuple(d.strip() for d in devices.split(",")) if devices else None,
+        devices=tuple(d.strip() for d in devices.split(",")) if devices else None, specks=specks,
     )
     s = run(volume, out, model=model, config=config, overwrite=overwrite, progress=interactive(), log=log)
     state = "complete" if s["complete"] else f"{s['blocks_missing']} blocks still missing (other parts)"

@@ -38,6 +38,9 @@ class PredictConfig:
     scheduler : address of a Dask distributed scheduler to run the blocks on (default: threads in this process).
     devices : several devices of this node, e.g. ``("cuda:0", "cuda:1")``: one worker process per device, each
         holding the model once (a local Dask cluster; ``device`` is then ignored).
+    specks : remove isolated pieces of a phase of at most this many voxels (:func:`rockseg.specks.remove_specks`;
+        pieces crossing a block face are kept); ``None`` takes the model's choice, made on its validation tiles
+        (0 for a model file without one), and 0 removes nothing.
     """
 
     tile: int | None = None
@@ -57,3 +60,4 @@ class PredictConfig:
     axis: str = "z"
     scheduler: str | None = None
     devices: tuple[str, ...] | None = None
+    specks: int | None = None

@@ -33,6 +33,7 @@ from rockseg.inference.runner import ModelThread, TileRunner
 from rockseg.inference.store import shard_lock, unit_files
 from rockseg.io.stores import ATTR_EVERY_CHUNK, open_volume
 from rockseg.models import model_from_payload, read_model_file
+from rockseg.specks import remove_specks
 
 
 #: networks with at most this many weights run on one CPU thread (see :meth:`_Engine._runner`)
@@ -59,6 +60,8 @@ class BlockJob:
     tta: bool = False
     probabilities: str | None = None
     mask: str | None = None
+    specks: int = 0  # remove isolated pieces of a phase up to this many voxels (rockseg.specks)
+    classes: int = 2
 
 
 class _Engine:
@@ -191,6 +194,9 @@ class _Engine:
                     region, grid=grid, read=self.read, stats=self.stats, run_tiles=self.pool, keep=keep,
                     buffers=buffers, cropped=self.runner.margin,
                 )
+            if self.job.specks:  # pieces reaching into a neighbouring block may be larger: kept
+                faces = [(r.start > 0, r.stop < n) for r, n in zip(region, grid.shape)]
+                remove_specks(labels, self.job.specks, classes=self.job.classes, open_faces=faces)
             target = region[1:] if self.flat else region
             if self.probs is not None and probs is not None:
                 q = np.rint(probs * np.float32(255)).astype(np.uint8)

@@ -77,8 +77,11 @@ def _short(value: Any) -> str:
 
 
 def comparable(recorded: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
-    """``settings`` without the keys an older store did not record (so that it still resumes)."""
-    return {k: v for k, v in settings.items() if k in recorded or k not in NEW_KEYS}
+    """``settings`` without the keys an older store did not record (so that it still resumes); a key recorded
+    with a value that older runs always had (``specks`` 0) only where it has that value."""
+    return {k: v for k, v in settings.items()
+            if k in recorded or (k not in NEW_KEYS and (k not in OLD_VALUES or v != OLD_VALUES[k]))}
 
 
 NEW_KEYS = ("input", "mask_input")  # settings older stores did not record
+OLD_VALUES = {"specks": 0}  # settings older stores did not record, with the value their runs had

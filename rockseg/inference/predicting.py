@@ -106,6 +106,8 @@ def _check(volume: str | os.PathLike[str], out: str | os.PathLike[str] | None,
         raise InputError(f"--shard-blocks {config.shard_blocks}: give a positive number of blocks per shard edge")
     if config.batch_size < 1 or config.workers < 1:
         raise InputError("--batch-size and --workers must be at least 1")
+    if config.specks is not None and config.specks < 0:
+        raise InputError(f"--specks {config.specks}: give a speck size in voxels (0 removes nothing)")
     grid, block, axis = _geometry(payload, array.shape, config, str(vpath))
     device = _check_devices(config)
     if config.probabilities and Path(config.probabilities).resolve() == out_path.resolve():
@@ -226,7 +228,7 @@ def _plan(c: _Checked, config: PredictConfig, *, overwrite: bool) -> tuple[Predi
         "model_sha256": sha, "tile": list(c.grid.tile), "halo": list(c.grid.halo), "precision": config.precision,
         "normalization": {k: stats[k] for k in ("p_low", "p_high")}, "volume_shape": list(c.array.shape),
         "probabilities": bool(config.probabilities), "tta": config.tta,
-        "crop": [list(c.grid.origin), list(c.grid.shape)], "mask": c.mask,
+        "crop": [list(c.grid.origin), list(c.grid.shape)], "mask": c.mask, "specks": _specks(c.payload, config),
         "input": input_identity(c.array, f"volume {c.volume}"),
     }
     if c.mask:
@@ -257,9 +259,16 @@ def _plan(c: _Checked, config: PredictConfig, *, overwrite: bool) -> tuple[Predi
         model_sha256=sha, grid=c.grid,
         block=c.block, p_low=float(stats["p_low"]), p_high=float(stats["p_high"]), batch_size=config.batch_size,
         device=c.device, precision=config.precision, spatial_dims=int(c.payload["spatial_dims"]), axis=c.axis,
-        tta=config.tta, probabilities=probabilities, mask=c.mask,
+        tta=config.tta, probabilities=probabilities, mask=c.mask, specks=settings["specks"], classes=len(phases),
     )
     return pred, job
+
+
+def _specks(payload: dict[str, Any], config: PredictConfig) -> int:
+    """The speck size of the run: ``--specks``, else the model's choice (0 for a model file without one)."""
+    if config.specks is not None:
+        return int(config.specks)
+    return int((payload.get("postprocess") or {}).get("specks", 0))
 
 
 def _normalization_stats(c: _Checked, config: PredictConfig) -> tuple[dict[str, Any], bool]:

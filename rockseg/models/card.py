@@ -58,6 +58,7 @@ def describe_model(path: str | os.PathLike[str]) -> dict[str, Any]:
         "training": {key: training.get(key) for key in ("epochs_run", "steps", "best_epoch", "best_val_mean_iou",
                                                          "best_val_score", "seconds")}
         | {"loss": config.get("loss"), "schedule": config.get("schedule")},
+        "specks": int((payload.get("postprocess") or {}).get("specks", 0)),
         "card": dict(payload.get("card") or {}),
     }
 

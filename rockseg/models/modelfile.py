@@ -16,6 +16,10 @@ A model file is one ``torch.save`` of a plain dict (no pickled classes), so it l
     recommended tile edge and halo for prediction, in voxels.
 ``training``
     a summary of the training run (settings, epochs, best validation mean IoU...).
+``postprocess`` (optional)
+    what ``rockseg predict`` does to the labels after the network: ``specks``, the size (voxels) of the isolated
+    pieces of a phase it relabels (:mod:`rockseg.specks`), chosen on the validation tiles, and ``tried``, the
+    validation scores it was chosen from. Absent (model files written before predict removed specks): nothing.
 ``card`` (optional)
     the model card: what the model was trained on, its measured figures and its limits (see
     :mod:`rockseg.models.card`); ``rockseg models`` prints it.

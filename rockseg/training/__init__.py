@@ -54,6 +54,7 @@ _EXPORTS = {
     "training_memory_format": "hardware",
     "use_bf16": "hardware",
     "evaluate": "validation",
+    "choose_speck_size": "validation",
     "iou_from_confusion": "validation",
     "write_curve": "curve",
     "train": "trainer",

@@ -21,8 +21,9 @@ writes files (:mod:`rockseg.training.distributed`).
 
 :func:`train` reads as check -> plan -> run: :func:`_plan` checks every setting and input before any process
 group starts and reads the tiles; :func:`_fit` builds the network and drives a run of the epoch loop
-(:class:`rockseg.training.loop._Run`); :func:`_summary` and :func:`_write_model` write the best weights and what
-happened.
+(:class:`rockseg.training.loop._Run`); :func:`_choose_specks` picks, on the validation tiles, the speck size
+``rockseg predict`` will remove with the kept weights; :func:`_summary` and :func:`_write_model` write the best
+weights, that choice and what happened.
 
 Files written beside the model file ``MODEL.pt``:
 
@@ -66,6 +67,7 @@ from rockseg.training.distributed import _barrier, _Dist, _start_distributed, _s
 from rockseg.training.hardware import _Placement, _placement, _torch_threads, training_memory_format
 from rockseg.training.loop import _Run
 from rockseg.training.losses import parse_class_weights, parse_loss
+from rockseg.training.validation import choose_speck_size
 from rockseg.training.network import _build, _plain
 from rockseg.training.planning import MIN_INIT_BOTTLENECK, plan_depth
 from rockseg.training.regions import _load_regions, _Regions
@@ -126,11 +128,13 @@ def train(
         place = _placement(plan.device, config, dist_info)
         run, setup, checkpoint = _fit(plan, dist_info, place, t0=t0, progress=progress, log=log)
         run.net.load_state_dict(run.best["state"])
+        postprocess = _choose_specks(plan, run, place, log) if dist_info.main else None
         training = _summary(plan, run, setup, checkpoint, place, dist_info, t0=t0)
         paths = {"model": str(plan.out_path), "log": str(log_path_for(plan.out_path)),
                  "checkpoint": str(plan.ckpt_path), "curve": str(curve_path_for(plan.out_path))}
         if dist_info.main:
-            _write_model(plan, run, training)
+            _write_model(plan, run, training, postprocess)
+            training["specks"] = postprocess["specks"]
         _barrier(dist_info)  # no process reports success before the model file is there
         return {**training, "epochs": run.epoch, **paths, "rank": dist_info.rank}
     finally:
@@ -338,13 +342,26 @@ def _summary(
     }
 
 
-def _write_model(plan: _Plan, run: _Run, training: Mapping[str, Any]) -> None:
+def _choose_specks(plan: _Plan, run: _Run, place: _Placement, log: Callable[[str], Any] | None) -> dict[str, Any]:
+    """The speck size ``rockseg predict`` applies for this model, chosen on the validation tiles with the kept
+    weights (:func:`~rockseg.training.validation.choose_speck_size`)."""
+    with _torch_threads(place.threads):
+        chosen = choose_speck_size(run.net, plan.parts["val"], classes=plan.classes, device=place.device,
+                                   batch_size=max(plan.config.batch_size, 8), bf16=place.bf16, ignore=plan.ignore)
+    if log is not None:
+        scores = ", ".join(f"{row['specks']}: {row['score']:.4f}" for row in chosen["tried"])
+        log(f"specks: predict will remove isolated pieces of up to {chosen['specks']} voxels (validation score by "
+            f"speck size {scores})")
+    return chosen
+
+
+def _write_model(plan: _Plan, run: _Run, training: Mapping[str, Any], postprocess: Mapping[str, Any]) -> None:
     """Write the model file (the weights in ``run.net``, the best ones by now) and the training curve beside it."""
     config = plan.config
     tile = tile_for(plan.size, plan.dims, multiple=plan.divisor)
     save_model_file(
         plan.out_path, run.net.cpu(), arch=network_arch(config.arch), arch_args=plan.arch_args, spatial_dims=plan.dims,
         in_channels=1, phases=plan.phases, normalization=dict(plan.source_stats[0]), tile=tile, halo=halo_for(tile),
-        training=_plain(training),
+        training=_plain(training), postprocess=_plain(postprocess),
     )
     write_curve(curve_path_for(plan.out_path), run.history, title=f"{plan.out_path.name}: {config.arch}, {config.loss}")

@@ -3,6 +3,8 @@
 Training keeps the weights of the epoch with the best :func:`selection_score`: the validation mean IoU less a
 penalty for wrong connectivity (:data:`EULER_WEIGHT` times the mean per-phase Euler error). A segmentation with
 0.99 IoU and a wrong Euler number is useless for flow simulation, and IoU alone barely sees a lost throat.
+The same score then chooses the model's speck size (:func:`choose_speck_size`), which ``rockseg predict``
+applies.
 
 The Euler error of a phase over the validation tiles is ``sum |E_pred - E_true| / sum |E_true|`` over the tiles
 (each tile's Euler number as :func:`rockseg.metrics.euler_number` counts it, 26-neighbourhood in 3D, 8 in 2D):
@@ -14,7 +16,7 @@ without unlabelled voxels count for the Euler error (the Euler number of a partl
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -22,6 +24,7 @@ import torch
 from torch import nn
 
 from rockseg.metrics.euler import euler_number
+from rockseg.specks import SPECK_SIZES, remove_specks
 from rockseg.training.data import _Part, normalize_tiles, tile_normalization
 from rockseg.training.hardware import _autocast
 
@@ -102,28 +105,80 @@ def _confusion(
                               indices=indices, euler=False)[0]
 
 
+def _predicted(
+    model: nn.Module, part: _Part, *, device: torch.device, batch_size: int, bf16: bool | None,
+    indices: np.ndarray | None = None,
+) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+    """The model's labels of the tiles of ``part`` (all, or ``indices``), batch by batch: (tile indices, labels)."""
+    model.eval()
+    idx_all = np.arange(len(part)) if indices is None else indices
+    with torch.no_grad():
+        for start in range(0, len(idx_all), batch_size):
+            idx = idx_all[start : start + batch_size]
+            x = torch.from_numpy(normalize_tiles(part.image[idx], part.lo[idx], part.inv[idx]))
+            x = x.unsqueeze(1).to(device, non_blocking=True)
+            with _autocast(device, bf16):
+                yield idx, model(x).argmax(1)
+
+
 def _validation_counts(
     model: nn.Module, part: _Part, *, classes: int, device: torch.device, batch_size: int, bf16: bool | None,
     indices: np.ndarray | None = None, euler: bool = True, ignore: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Confusion matrix (classes, classes) and, with ``euler``, the (2, classes) Euler sums of :func:`_tile_euler`;
     voxels of the ``ignore`` label count in neither."""
-    model.eval()
-    idx_all = np.arange(len(part)) if indices is None else indices
     confusion = torch.zeros(classes * classes, dtype=torch.int64, device=device)
     euler_sums = np.zeros((2, classes), np.int64)
-    with torch.no_grad():
-        for start in range(0, len(idx_all), batch_size):
-            idx = idx_all[start : start + batch_size]
-            x = torch.from_numpy(normalize_tiles(part.image[idx], part.lo[idx], part.inv[idx]))
-            x = x.unsqueeze(1).to(device, non_blocking=True)
-            y = torch.from_numpy(part.labels[idx].astype(np.int64)).to(device)
-            with _autocast(device, bf16):
-                pred = model(x).argmax(1)
-            codes = (y * classes + pred).ravel()
-            if ignore is not None:
-                codes = codes[(y != ignore).ravel()]
-            confusion += torch.bincount(codes, minlength=classes * classes)
-            if euler:
-                euler_sums += _tile_euler(pred.cpu().numpy(), part.labels[idx], classes, ignore)
+    for idx, pred in _predicted(model, part, device=device, batch_size=batch_size, bf16=bf16, indices=indices):
+        y = torch.from_numpy(part.labels[idx].astype(np.int64)).to(device)
+        codes = (y * classes + pred).ravel()
+        if ignore is not None:
+            codes = codes[(y != ignore).ravel()]
+        confusion += torch.bincount(codes, minlength=classes * classes)
+        if euler:
+            euler_sums += _tile_euler(pred.cpu().numpy(), part.labels[idx], classes, ignore)
     return confusion.reshape(classes, classes).cpu().numpy(), euler_sums
+
+
+def choose_speck_size(
+    model: nn.Module, part: _Part, *, classes: int, device: torch.device, batch_size: int = 8,
+    bf16: bool | None = None, ignore: int | None = None, sizes: Sequence[int] = SPECK_SIZES,
+) -> dict[str, Any]:
+    """The speck size (:func:`rockseg.specks.remove_specks`) that scores best on the validation tiles.
+
+    Each size in ``sizes`` is applied to the model's labels of every tile (all tile faces open: a tile is a cut
+    of a larger volume, as a block of a prediction is) and scored by :func:`selection_score`, the measure that
+    keeps the checkpoint; the best wins, the smaller size on a tie (0 unless removing specks helps).
+
+    Returns ``{"specks": size, "tried": [{"specks", "mean_iou", "euler_error", "score"}, ...]}``.
+    """
+    preds = [p.cpu().numpy().astype(np.uint8) for _, p in
+             _predicted(model, part, device=device, batch_size=batch_size, bf16=bf16)]
+    labels = part.labels
+    tried: list[dict[str, Any]] = []
+    best: dict[str, Any] | None = None
+    for size in sorted(sizes):
+        confusion = np.zeros(classes * classes, np.int64)
+        euler_sums = np.zeros((2, classes), np.int64)
+        tile = 0
+        for batch in preds:
+            cleaned = batch.copy()
+            for p in cleaned:
+                remove_specks(p, size, classes=classes, open_faces=((True, True),) * p.ndim)
+            truth = labels[tile : tile + len(batch)]
+            tile += len(batch)
+            codes = (truth.astype(np.int64) * classes + cleaned).ravel()
+            if ignore is not None:
+                codes = codes[(truth != ignore).ravel()]
+            confusion += np.bincount(codes, minlength=classes * classes)
+            euler_sums += _tile_euler(cleaned, truth, classes, ignore)
+        iou = iou_from_confusion(confusion.reshape(classes, classes))
+        errors = euler_error(euler_sums)
+        row = {"specks": int(size), "mean_iou": round(float(np.nanmean(iou)), 5),
+               "euler_error": [None if not np.isfinite(e) else round(float(e), 5) for e in errors],
+               "score": round(selection_score(iou, errors), 5)}
+        tried.append(row)
+        if best is None or row["score"] > best["score"]:
+            best = row
+    assert best is not None
+    return {"specks": best["specks"], "tried": tried}

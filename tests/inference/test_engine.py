@@ -13,7 +13,7 @@ import torch
 import zarr
 from scipy import ndimage
 
-from rockseg.errors import InputError
+from rockseg.errors import InputError, OutputExistsError
 from rockseg.inference import PredictConfig, predict
 from rockseg.models import UNet, save_model_file
 from rockseg.vocabulary import OUTSIDE
@@ -125,3 +125,50 @@ def test_nan_in_float_volume_is_refused(tmp_path, boxsum):
     arr.attrs["intensity"] = {"p_low": 0.0, "p_high": 1.0}
     with pytest.raises(InputError, match="NaN or Inf"):
         predict(tmp_path / "v.zarr", tmp_path / "p.zarr", model=model, config=PredictConfig(block=10, device="cpu"))
+
+
+def _threshold_model(path, **meta):
+    """A two-phase linear model that labels each voxel by its own grey value (1 above 0.5): predictions are the
+    input, specks included."""
+    from rockseg.models.linear import LinearClassifier
+
+    model = LinearClassifier(3, 1, 2)
+    with torch.no_grad():
+        model.logits.weight.copy_(torch.tensor([-1.0, 1.0]).view(2, 1, 1, 1, 1))
+        model.logits.bias.copy_(torch.tensor([0.5, -0.5]))
+    save_model_file(path, model, arch="linear", arch_args={"spatial_dims": 3, "in_channels": 1, "classes": 2},
+                    spatial_dims=3, in_channels=1, phases={0: "pore", 1: "solid"},
+                    normalization={"p_low": 0.0, "p_high": 1.0}, tile=16, halo=0, **meta)
+    return path
+
+
+def test_the_models_speck_size_is_applied_block_by_block(tmp_path):
+    from rockseg.specks import remove_specks
+
+    data = binary_volume(tmp_path / "v.zarr", (24, 32, 40), seed=3, chunks=(8, 8, 8))
+    plain = _threshold_model(tmp_path / "plain.pt")
+    chosen = _threshold_model(tmp_path / "chosen.pt", postprocess={"specks": 3, "tried": []})
+    predict(tmp_path / "v.zarr", tmp_path / "raw.zarr", model=plain, config=PredictConfig(block=16, device="cpu"))
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "raw.zarr"))[...], data)  # a model without a choice
+
+    predict(tmp_path / "v.zarr", tmp_path / "p.zarr", model=chosen, config=PredictConfig(block=16, device="cpu"))
+    expected = data.copy()
+    for index in np.ndindex(2, 2, 3):
+        box = tuple(slice(i * 16, min((i + 1) * 16, n)) for i, n in zip(index, data.shape))
+        block = expected[box].copy()
+        remove_specks(block, 3, classes=2, open_faces=[(s.start > 0, s.stop < n) for s, n in zip(box, data.shape)])
+        expected[box] = block
+    out = zarr.open_array(str(tmp_path / "p.zarr"))
+    np.testing.assert_array_equal(out[...], expected)
+    assert (expected != data).sum() > 100
+    assert out.attrs["rockseg"]["settings"]["specks"] == 3
+
+    # --specks overrides the model's choice; 0 keeps every speck
+    predict(tmp_path / "v.zarr", tmp_path / "k0.zarr", model=chosen,
+            config=PredictConfig(block=16, device="cpu", specks=0))
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "k0.zarr"))[...], data)
+    # a store made with another speck size is another prediction: resuming it is refused
+    with pytest.raises(OutputExistsError, match=r"specks \(was 0, now 3\)"):
+        predict(tmp_path / "v.zarr", tmp_path / "k0.zarr", model=chosen, config=PredictConfig(block=16, device="cpu"))
+    with pytest.raises(InputError, match="--specks -1"):
+        predict(tmp_path / "v.zarr", tmp_path / "bad.zarr", model=chosen, config=PredictConfig(specks=-1))

@@ -245,3 +245,13 @@ def test_old_per_block_predictions_still_read_resume_and_stitch(tmp_path, boxsum
     assert s["complete"] and s["blocks_done"] == 1 and (old / ".rockseg" / "done" / "1.2.0").exists()
     assert not (old / ".rockseg" / "records").exists()
     np.testing.assert_array_equal(zarr.open_array(str(old))[...], expected_boxsum(data))
+
+
+def test_settings_older_stores_did_not_record_still_resume():
+    from rockseg.inference.identity import comparable
+
+    old = {"tile": [16, 16, 16]}  # a store written before rockseg recorded its input and its speck size
+    new = {"tile": [16, 16, 16], "input": {"fingerprint": "abc"}, "specks": 0}
+    assert comparable(old, new) == old  # it resumes: its run removed no specks either
+    assert comparable(old, {**new, "specks": 8}) == {**old, "specks": 8}  # another result: refused
+    assert comparable({**old, "specks": 0}, {**new, "specks": 0}) == {**old, "specks": 0}

@@ -46,6 +46,11 @@ def test_models_command(model_file):
     assert shown.exit_code == 0 and "a test model" in shown.output and "none known" in shown.output
     doc = json.loads(runner.invoke(app, ["models", str(path), "--json"]).output)
     assert doc["card"]["summary"] == "a test model" and doc["arch"] == "unet"
+    assert doc["specks"] == 0 and "predict keeps every speck" in shown.output  # a model file without a choice
+    from rockseg.models.modelfile import write_payload
+
+    write_payload(path, {**read_model_file(path), "postprocess": {"specks": 8, "tried": []}})
+    assert "predict removes specks of up to 8 voxels" in runner.invoke(app, ["models", str(path)]).output
     assert resolve_model(None) == resolve_model("default") == resolve_model(DEFAULT_MODEL.stem) == DEFAULT_MODEL
     bad = runner.invoke(app, ["models", "no-such-model"])
     assert bad.exit_code == 2 and "neither a file nor a shipped model" in bad.output

@@ -44,7 +44,7 @@ def test_model_file_holds_the_best_model(tilesets, tmp_path, dims):
     iou = iou_from_confusion(confusion)
     assert round(float(np.nanmean(iou)), 6) == t["best_val_mean_iou"]
     log = [json.loads(line) for line in (tmp_path / "model.log.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in log] == [1, 2] and len(lines) == 2
+    assert [r["epoch"] for r in log] == [1, 2] and len(lines) == 3 and lines[-1].startswith("specks: ")
     assert log[t["best_epoch"] - 1]["val_mean_iou"] == t["best_val_mean_iou"]
     # the kept epoch is the best by IoU and Euler error together
     assert t["best_val_score"] == max(r["val_score"] for r in log) == log[t["best_epoch"] - 1]["val_score"]
@@ -120,6 +120,11 @@ def test_model_file_records_the_run(tilesets, tmp_path):
     assert Path(s["curve"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     log = [json.loads(line) for line in Path(s["log"]).read_text().splitlines()]
     assert {"lr", "train_seconds", "world_size"} <= log[0].keys()
+    # the speck size predict applies, chosen on the validation tiles with the kept weights
+    post = read_model_file(out)["postprocess"]
+    assert post["specks"] == s["specks"] in [row["specks"] for row in post["tried"]]
+    best = max(post["tried"], key=lambda row: row["score"])["score"]
+    assert next(row for row in post["tried"] if row["specks"] == post["specks"])["score"] == best
 
 
 def test_cli_train_with_the_new_options(tilesets, tmp_path):

@@ -50,3 +50,30 @@ def test_euler_error_and_selection_score_by_hand():
     iou = np.array([0.9, 0.8])
     assert selection_score(iou, np.array([0.5, 0.5])) == pytest.approx(0.85 - EULER_WEIGHT * 0.5)
     assert selection_score(iou, np.array([3.0, np.nan])) == pytest.approx(0.85 - EULER_WEIGHT * 1.0)  # capped at 1
+
+
+def test_choose_speck_size_removes_specks_only_when_they_are_wrong():
+    from scipy.ndimage import gaussian_filter
+
+    from rockseg.training.data import _Part
+    from rockseg.training.validation import choose_speck_size
+
+    rng = np.random.default_rng(0)
+    truth = np.stack([(gaussian_filter(rng.normal(size=(24, 24, 24)), 2.5) > 0) for _ in range(4)]).astype(np.uint8)
+    noisy = truth.copy()
+    idx = rng.integers(3, 21, size=(4 * 40, 3))
+    tile = np.repeat(np.arange(4), 40)
+    noisy[tile, idx[:, 0], idx[:, 1], idx[:, 2]] ^= 1  # isolated wrong voxels: the network's specks
+    lo, inv = np.zeros(4, np.float32), np.ones(4, np.float32)
+    cpu = torch.device("cpu")
+    # the network answers the noisy labels (its input): specks hurt, and removing them mends the Euler number
+    chosen = choose_speck_size(Threshold(), _Part(noisy, truth, lo, inv), classes=2, device=cpu)
+    assert chosen["specks"] > 0
+    tried = {row["specks"]: row for row in chosen["tried"]}
+    assert [row["specks"] for row in chosen["tried"]] == [0, 2, 4, 8, 16, 32]
+    assert tried[chosen["specks"]]["score"] > tried[0]["score"]
+    assert max(tried[chosen["specks"]]["euler_error"]) < min(tried[0]["euler_error"])
+    # the network answers the truth itself, small pieces included: nothing is better than removing nothing
+    truth[:, 5, 5, 5] = 1 - truth[:, 5, 5, 5]
+    chosen = choose_speck_size(Threshold(), _Part(truth, truth, lo, inv), classes=2, device=cpu)
+    assert chosen["specks"] == 0
