@@ -370,7 +370,7 @@ def realistic(work: Path, minutes: float, recipe: tuple[str, ...] = (), scanner:
           f"predict {t_pred:.0f} s")
     print_score(f"  rockseg 3D model, test half{' (trained on it: a ceiling)' if train_half == 'test' else ''}, "
                 f"specks {model_specks(model)}", json.loads(out), per_slice=False)
-    without_specks("  the same, without removing specks (--specks 0)", img, lab, model, work / "real-pred-raw.zarr",
+    without_specks("  the same, without removing specks (--specks 0)", img, lab, model, pred,
                    f"{half}:256,0:256,0:256")
     if ICL.exists():
         other = geometry("icl")[:, 22:278, 22:278]
@@ -381,8 +381,7 @@ def realistic(work: Path, minutes: float, recipe: tuple[str, ...] = (), scanner:
         rockseg("predict", img2, "-m", model, "-o", pred2, "--overwrite")
         _, out = rockseg("score", pred2, lab2, "--json")
         print_score("  the same model on the unseen geometry (icl-mixedwet)", json.loads(out), per_slice=False)
-        without_specks("  the same, without removing specks (--specks 0)", img2, lab2, model,
-                       work / "real-icl-pred-raw.zarr")
+        without_specks("  the same, without removing specks (--specks 0)", img2, lab2, model, pred2)
     return {}
 
 
@@ -393,12 +392,40 @@ def model_specks(model: str | Path | None) -> int:
     return int((read_model_file(resolve_model(model)).get("postprocess") or {}).get("specks", 0))
 
 
-def without_specks(title: str, img: Path, lab: Path, model: str | Path | None, out: Path,
+def betti(pore: np.ndarray) -> tuple[int, int, int]:
+    """Components, tunnels and cavities of a pore mask (26-connected pore, 6-connected solid: the pair the pore's
+    Euler number counts, which is components - tunnels + cavities)."""
+    from skimage.measure import label
+
+    components = int(label(pore, connectivity=3).max())
+    solid = label(~pore, connectivity=1)
+    faces = [solid[0], solid[-1], solid[:, 0], solid[:, -1], solid[:, :, 0], solid[:, :, -1]]
+    touching = np.unique(np.concatenate([f.ravel() for f in faces]))
+    cavities = int(solid.max()) - int((touching > 0).sum())
+    return components, components + cavities - int(euler_number(pore, connectivity=3)), cavities
+
+
+def print_betti(title: str, preds: dict[str, Path], lab: Path, z0: int = 0) -> None:
+    """Why a pore Euler number is off: the components, tunnels and cavities of each prediction and of the truth
+    (from z = ``z0`` on)."""
+    import zarr
+
+    truth = np.asarray(zarr.open_array(str(lab), mode="r")[z0:]) == 0
+    rows = {"truth": betti(truth)}
+    rows.update({name: betti(np.asarray(zarr.open_array(str(p), mode="r")[z0:]) == 0) for name, p in preds.items()})
+    print(f"{title}: pore components / tunnels / cavities: "
+          + "; ".join(f"{name} {c} / {t} / {v}" for name, (c, t, v) in rows.items()), flush=True)
+
+
+def without_specks(title: str, img: Path, lab: Path, model: str | Path | None, pred: Path,
                    crop: str | None = None) -> None:
-    """Predict and score again with ``--specks 0``: what removing the model's specks changed."""
+    """Predict and score again with ``--specks 0``: what removing the model's specks changed, and why."""
+    out = pred.with_name(pred.name.replace("-pred", "-pred-raw"))
     rockseg("predict", img, "-o", out, "--specks", 0, "--overwrite", *(("-m", model) if model else ()))
     _, doc = rockseg("score", out, lab, "--json", *(("--crop", crop) if crop else ()))
     print_score(title, json.loads(doc), per_slice=False)
+    z0 = int(crop.split(":")[0]) if crop else 0
+    print_betti("    topology", {"specks removed": pred, "--specks 0": out}, lab, z0)
 
 
 def shipped(work: Path, model: str | None = None) -> list[dict]:
@@ -433,8 +460,7 @@ def shipped(work: Path, model: str | None = None) -> list[dict]:
         doc = json.loads(doc)
         print_score(f"  {rock} {quality}: {'model' if model else 'shipped model'} "
                     f"({rate.group(1) if rate else '?'} Mvoxel/s, specks {model_specks(model)})", doc, per_slice=False)
-        without_specks(f"  {rock} {quality}: the same without removing specks (--specks 0)", img, lab, model,
-                       work / f"{name}-pred-raw.zarr")
+        without_specks(f"  {rock} {quality}: the same without removing specks (--specks 0)", img, lab, model, pred)
         rows.append({"rock": rock, "scan": quality, "doc": doc, "otsu": baseline})
     return rows
 

@@ -30,7 +30,7 @@ from skimage.measure import label as label_components
 
 from rockseg.vocabulary import OUTSIDE
 
-__all__ = ["SPECK_SIZES", "remove_specks"]
+__all__ = ["SPECK_SIZES", "count_pieces", "remove_specks"]
 
 #: the speck sizes (voxels) that training tries on its validation tiles; 0 removes nothing
 SPECK_SIZES = (0, 2, 4, 8, 16, 32)
@@ -59,8 +59,7 @@ def remove_specks(
         return 0
     changed = 0
     for phase in range(classes):
-        connectivity = 1 if classes == 2 and phase == 1 else labels.ndim
-        ids = label_components(labels == phase, connectivity=connectivity)
+        ids = label_components(labels == phase, connectivity=_connectivity(phase, classes, labels.ndim))
         sizes = np.bincount(ids.ravel())
         small = sizes <= max_voxels
         small[0] = False
@@ -77,6 +76,17 @@ def remove_specks(
             _to_majority(labels, np.where(speck, ids, 0), classes)
         changed += int(speck.sum())
     return changed
+
+
+def count_pieces(labels: np.ndarray, phase: int, classes: int) -> int:
+    """How many pieces ``phase`` has in ``labels``, connected as :func:`remove_specks` connects them."""
+    return int(label_components(labels == phase, connectivity=_connectivity(phase, classes, labels.ndim)).max())
+
+
+def _connectivity(phase: int, classes: int, ndim: int) -> int:
+    """Faces only for the second phase of a two-phase segmentation (the first phase's cavities), else all
+    neighbours (scikit-image's connectivity: 1 faces, ``ndim`` faces, edges and corners)."""
+    return 1 if classes == 2 and phase == 1 else ndim
 
 
 def _to_majority(labels: np.ndarray, speck_ids: np.ndarray, classes: int) -> None:

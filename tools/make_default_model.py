@@ -168,8 +168,8 @@ def choose_specks(model_path: Path, tiles: Path) -> None:
     chosen = choose_speck_size(model_from_payload(payload), parts["val"], classes=len(payload["phases"]),
                                device=torch.device("cpu"))
     for row in chosen["tried"]:
-        print(f"specks {row['specks']:3d}: validation mean IoU {row['mean_iou']:.4f}, Euler error "
-              f"{row['euler_error']}, score {row['score']:.4f}")
+        print(f"specks {row['specks']:3d}: validation mean IoU {row['mean_iou']:.4f}, piece error "
+              f"{row['piece_error']}, Euler error {row['euler_error']}, score {row['score']:.4f}")
     print(f"{model_path}: specks {chosen['specks']} ({len(parts['val'])} validation tiles, {time.time() - t0:.0f} s)")
     write_payload(model_path, {**payload, "postprocess": chosen})
 
