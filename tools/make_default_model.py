@@ -118,6 +118,9 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/rockseg-general"))
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--init", default=None, help="continue from this model file (e.g. the shipped default) "
+                                                     "instead of random weights")
+    parser.add_argument("--lr", type=float, default=2e-3, help="initial learning rate of the poly schedule")
     parser.add_argument("--card", type=Path, default=None, help="attach this JSON model card to --out and stop")
     parser.add_argument("--choose-specks", action="store_true",
                         help="choose --out's speck size on the validation tiles of this recipe (rendered again into "
@@ -138,13 +141,16 @@ def main() -> None:
             render_tiles(work)
         choose_specks(args.out, work / "tiles.zarr")
         return
-    render_tiles(work)
+    if not (args.init and (work / "tiles.zarr").exists()):  # the rendering is seeded: the same tiles every time
+        render_tiles(work)
     # fresh random patches from the whole training regions every step (sampling "random"), a poly schedule over
     # the time budget and the Euler-aware checkpoint choice: the measured defaults of rockseg train
+    network = {"init": args.init} if args.init else {"base_channels": 8, "depth": 4}  # init: its own network
     config = TrainConfig(
-        arch="unet", base_channels=8, depth=4, max_minutes=args.minutes, steps_per_epoch=200,
-        batch_size=4, lr=2e-3, min_lr=2e-5, schedule="poly", loss="ce+dice", augment="strong", seed=0,
-        sampling="random", num_threads=args.threads, precision="float32",
+        arch="unet", max_minutes=args.minutes, steps_per_epoch=200,
+        batch_size=4, lr=args.lr, min_lr=2e-5, schedule="poly", loss="ce+dice", augment="strong",
+        seed=1 if args.init else 0,  # a continued run draws other patches than the first
+        sampling="random", num_threads=args.threads, precision="float32", **network,
     )
     summary = train(work / "tiles.zarr", args.out, config=config, log=print, overwrite=True)
     print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, (list, dict))}))
