@@ -184,7 +184,7 @@ def choose_speck_size(
                     piece_sums[:, k] += (abs(count_pieces(p, k, classes) - n_true), n_true)
             tile += len(batch)
         iou = iou_from_confusion(confusion.reshape(classes, classes))
-        pieces = euler_error(piece_sums)
+        pieces = euler_error(piece_sums)  # the same ratio, sum |n_pred - n_true| / sum n_true, of piece counts
         mean_iou = float(np.nanmean(iou)) if np.isfinite(iou).any() else 0.0
         row = {"specks": int(size), "mean_iou": round(mean_iou, 5),
                "piece_error": [None if not np.isfinite(e) else round(float(e), 5) for e in pieces],
