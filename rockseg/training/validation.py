@@ -83,6 +83,12 @@ def selection_score(iou: np.ndarray, errors: np.ndarray) -> float:
     return mean_iou - EULER_WEIGHT * penalty
 
 
+def _topology(labels: np.ndarray, classes: int) -> np.ndarray:
+    """(2, classes): per phase, its number of pieces (:func:`rockseg.specks.count_pieces`) and its Euler number."""
+    return np.array([[count_pieces(labels, k, classes) for k in range(classes)],
+                     [euler_number(labels == k) for k in range(classes)]], np.int64)
+
+
 def _tile_euler(pred: np.ndarray, truth: np.ndarray, classes: int, ignore: int | None = None) -> np.ndarray:
     """(2, classes) sums over the tiles of a batch of ``|E_pred - E_true|`` and ``|E_true|``, per phase; tiles
     holding the ``ignore`` label are skipped."""
@@ -157,38 +163,35 @@ def choose_speck_size(
 
     Returns ``{"specks": size, "tried": [{"specks", "mean_iou", "piece_error", "euler_error", "score"}, ...]}``.
     """
-    preds = [p.cpu().numpy().astype(np.uint8) for _, p in
-             _predicted(model, part, device=device, batch_size=batch_size, bf16=bf16)]
+    preds = [p for _, batch in _predicted(model, part, device=device, batch_size=batch_size, bf16=bf16)
+             for p in batch.cpu().numpy().astype(np.uint8)]
     labels = part.labels
-    counted = [t for t in range(len(labels)) if ignore is None or not (labels[t] == ignore).any()]
-    true_pieces = {t: [count_pieces(labels[t], k, classes) for k in range(classes)] for t in counted}
+    # the truth's piece counts and Euler numbers, once (tiles holding unlabelled voxels count for neither)
+    truths = {t: _topology(labels[t], classes) for t in range(len(labels))
+              if ignore is None or not (labels[t] == ignore).any()}
+    open_faces = ((True, True),) * (labels.ndim - 1)  # every face of a tile is a cut of a larger volume
     tried: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
     for size in sorted(sizes):
         confusion = np.zeros(classes * classes, np.int64)
-        euler_sums = np.zeros((2, classes), np.int64)
-        piece_sums = np.zeros((2, classes), np.int64)
-        tile = 0
-        for batch in preds:
-            cleaned = batch.copy()
-            for p in cleaned:
-                remove_specks(p, size, classes=classes, open_faces=((True, True),) * p.ndim)
-            truth = labels[tile : tile + len(batch)]
-            codes = (truth.astype(np.int64) * classes + cleaned).ravel()
+        sums = np.zeros((2, 2, classes), np.int64)  # (pieces, Euler) x (sum |pred - true|, sum |true|) x phase
+        for t, pred in enumerate(preds):
+            cleaned = pred.copy()
+            remove_specks(cleaned, size, classes=classes, open_faces=open_faces)
+            codes = (labels[t].astype(np.int64) * classes + cleaned).ravel()
             if ignore is not None:
-                codes = codes[(truth != ignore).ravel()]
+                codes = codes[(labels[t] != ignore).ravel()]
             confusion += np.bincount(codes, minlength=classes * classes)
-            euler_sums += _tile_euler(cleaned, truth, classes, ignore)
-            for i, p in enumerate(cleaned):
-                for k, n_true in enumerate(true_pieces.get(tile + i, ())):
-                    piece_sums[:, k] += (abs(count_pieces(p, k, classes) - n_true), n_true)
-            tile += len(batch)
+            if t in truths:
+                true = truths[t]
+                sums[:, 0] += np.abs(_topology(cleaned, classes) - true)
+                sums[:, 1] += np.abs(true)
         iou = iou_from_confusion(confusion.reshape(classes, classes))
-        pieces = euler_error(piece_sums)  # the same ratio, sum |n_pred - n_true| / sum n_true, of piece counts
+        pieces, eulers = euler_error(sums[0]), euler_error(sums[1])  # the same ratio for both counts
         mean_iou = float(np.nanmean(iou)) if np.isfinite(iou).any() else 0.0
         row = {"specks": int(size), "mean_iou": round(mean_iou, 5),
                "piece_error": [None if not np.isfinite(e) else round(float(e), 5) for e in pieces],
-               "euler_error": [None if not np.isfinite(e) else round(float(e), 5) for e in euler_error(euler_sums)],
+               "euler_error": [None if not np.isfinite(e) else round(float(e), 5) for e in eulers],
                "score": round(selection_score(iou, pieces), 5)}
         tried.append(row)
         if best is None or row["score"] > best["score"]:
