@@ -6,8 +6,10 @@ prediction is copied file by file (its shard files and its metadata, with the fi
 decoded or re-encoded; an old per-block prediction is re-encoded into shards); several
 predictions of the same volume (2D models run along different axes, several models, ...) are fused: by
 averaging their class probabilities when every one of them has a probability store, else by a majority vote of
-the labels (ties go to the prediction given first). The result is a Zarr label store, or an export to ``.tif``,
-``.nc``, ``.raw`` or ``.npy`` chosen by the output's extension.
+the labels (ties go to the prediction given first). Fusion can make new specks, so fused labels have their specks
+removed again, block by block as ``predict`` removes them (:mod:`rockseg.specks`), with the smallest speck size the
+predictions were made with. The result is a Zarr label store, or an export to ``.tif``, ``.nc``, ``.raw`` or ``.npy``
+chosen by the output's extension.
 
 Fusion runs shard by shard of the output, each shard assembled from its blocks in memory and written once by
 one task. Copying and fusion run on threads of this process, or on a Dask distributed cluster (``scheduler``),
@@ -42,6 +44,7 @@ from rockseg.io.stores import (
     check_new_output, open_volume, provenance,
 )
 from rockseg.progress import Reporter
+from rockseg.specks import remove_specks
 
 EXPORTS = (".tif", ".tiff", ".nc", ".h5", ".hdf5", ".raw", ".npy")
 
@@ -150,6 +153,8 @@ class _Plan:
     probabilities: list[str]  # the probability stores, for "mean-probability"
     attrs: dict[str, Any]
     outside: int | None = None  # the label outside a mask, when a prediction was masked
+    specks: int = 0  # the speck size removed again after fusion (rockseg.specks)
+    classes: int = 0  # the number of phases
 
 
 def _fuse(method: str, labels: Sequence[zarr.Array], probabilities: Sequence[zarr.Array],
@@ -188,11 +193,15 @@ def _plan(opened: list[Prediction]) -> _Plan:
     }
     outside = [dict(p.array.attrs)[ATTR_PROVENANCE].get("outside_mask") for p in opened]
     masked = next((o for o in outside if o is not None), None)
+    # fusion may make new specks: remove them again with the smallest size any prediction removed (0: none)
+    specks = 0 if method == "copy" else min(int(p.settings.get("specks") or 0) for p in opened)
     attrs[ATTR_PROVENANCE] = provenance(
         stitched_from=[str(p.path.resolve()) for p in opened], method=method, outside_mask=masked,
         inputs=[p.settings.get("input") for p in opened],  # what each prediction was made from
+        specks=specks,
     )
-    return _Plan(opened, method, [str(q) for q in probs] if use_probs else [], attrs, masked)
+    return _Plan(opened, method, [str(q) for q in probs] if use_probs else [], attrs, masked, specks,
+                 len(attrs.get(ATTR_PHASES) or {}))
 
 
 # ------------------------------------------------------------------------------------------------------ write
@@ -276,6 +285,8 @@ class _FuseJob:
     shard: Triple
     shape3: Triple
     outside: int | None = None
+    specks: int = 0
+    classes: int = 0
 
     def __call__(self, unit: Triple) -> int:
         labels = [zarr.open_array(store=p, mode="r") for p in self.labels]
@@ -291,6 +302,9 @@ class _FuseJob:
             where = tuple(slice(r.start + w.start, r.start + w.stop) for r, w in zip(region, local))
             fused = _fuse(self.method, labels, probs, where[1:] if flat else where, self.outside)
             buf[local] = fused.reshape(buf[local].shape)
+            if self.specks and self.classes:  # as predict does: pieces reaching a neighbouring block are kept
+                faces = [(w.start > 0, w.stop < n) for w, n in zip(where, self.shape3)]
+                remove_specks(buf[local], self.specks, classes=self.classes, open_faces=faces)
         out[region[1:] if flat else region] = buf[0] if flat else buf  # the whole shard in one write
         return int(buf.size)
 
@@ -308,7 +322,7 @@ def _write_zarr(plan: _Plan, target: Path, *, overwrite: bool, run: _Runner) -> 
         job = _FuseJob(
             labels=tuple(str(label_array_path(p.path)) for p in plan.preds), probabilities=tuple(plan.probabilities),
             method=plan.method, out=str(tmp), block=first.block, shard=shard, shape3=first.shape3,
-            outside=plan.outside,
+            outside=plan.outside, specks=plan.specks, classes=plan.classes,
         )
         counts = [-(-n // b) for n, b in zip(first.block_counts(), shard)]
         run.map(job, block_grid(counts, (1, 1, 1)), label="stitch", batch=1)

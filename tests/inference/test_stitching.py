@@ -57,6 +57,31 @@ def test_majority_vote_ties_go_to_first(tmp_path, boxsum):
     assert (out[0:8] == 1).all() and (out[8:] == 2).all()
 
 
+
+def test_fusion_removes_the_specks_it_makes_as_predict_does(tmp_path, boxsum):
+    binary_volume(tmp_path / "v.zarr", (16, 16, 16))
+    model = boxsum(tmp_path / "m.pt")
+    for name, specks in (("a", 2), ("b", 2), ("c", 3), ("d", 0)):
+        predict(tmp_path / "v.zarr", tmp_path / f"{name}.zarr", model=model,
+                config=PredictConfig(block=8, device="cpu", specks=specks))
+    for name in "abcd":
+        arr = zarr.open_array(str(tmp_path / f"{name}.zarr"), mode="r+")
+        arr[...] = 0
+        if name in "ab":  # what two of three vote for: three pieces of phase 1 in block (0, 0, 0)
+            arr[3, 3, 3] = 1  # a speck of one voxel inside the block: removed
+            arr[1, 1, 1:4] = 1  # three voxels: larger than the smallest speck size (2), kept
+            arr[7, 5, 5] = 1  # one voxel on a face shared with block (1, 0, 0): kept, as predict keeps it
+    s = stitch([tmp_path / n for n in ("a.zarr", "b.zarr", "c.zarr")], tmp_path / "f.zarr")
+    assert s["method"] == "majority-vote"
+    final = zarr.open_array(str(tmp_path / "f.zarr"))
+    assert final.attrs["rockseg"]["specks"] == 2  # the smallest of the three runs'
+    got = final[...]
+    assert got[3, 3, 3] == 0 and (got[1, 1, 1:4] == 1).all() and got[7, 5, 5] == 1
+    assert int(got.sum()) == 4
+    # a prediction that kept its specks (--specks 0) among them: fusion keeps them too
+    stitch([tmp_path / n for n in ("a.zarr", "b.zarr", "d.zarr")], tmp_path / "g.zarr")
+    assert zarr.open_array(str(tmp_path / "g.zarr"))[3, 3, 3] == 1
+
 def test_export_and_preview(tmp_path, boxsum):
     data = binary_volume(tmp_path / "v.zarr", (40, 36, 30))
     model = boxsum(tmp_path / "m.pt")
