@@ -59,24 +59,27 @@ def random_scan(rng: np.random.Generator) -> ScanOptions:
     )
 
 
-def geometries(rng: np.random.Generator) -> list[tuple[str, np.ndarray]]:
-    """(name, pore mask) of every training geometry."""
+def geometries(rng: np.random.Generator, rendering: int = 0) -> list[tuple[str, np.ndarray]]:
+    """(name, pore mask) of every training geometry of one rendering: Berea's 8 sub-volumes (the same in every
+    rendering) and 16 synthetic sandstones (new ones in every rendering)."""
     out = []
+    tag = f"-r{rendering}" if rendering else ""
     berea = tifffile.imread(BEREA)[:256] == 1
     for i, (z, y, x) in enumerate((z, y, x) for z in (0, 128) for y in (0, 200) for x in (0, 200)):
-        out.append((f"berea-{i}", berea[z:z + 128, y:y + 200, x:x + 200]))
+        out.append((f"berea-{i}{tag}", berea[z:z + 128, y:y + 200, x:x + 200]))
     for i in range(16):
         r = float(rng.uniform(4, 14))
         lab = synthetic_labels(
-            (96, 144, 144), seed=500 + i, grain_radius=(r, r * float(rng.uniform(1.1, 2.5))),
+            (96, 144, 144), seed=500 + 16 * rendering + i, grain_radius=(r, r * float(rng.uniform(1.1, 2.5))),
             porosity=float(rng.uniform(0.08, 0.35)), grain_elongation=float(rng.uniform(1.0, 2.2)),
             clay_coverage=float(rng.uniform(0, 1)), clay_thickness=float(rng.uniform(1, 5)),
         )
-        out.append((f"synthetic-{i}", lab == 0))
+        out.append((f"synthetic-{i}{tag}", lab == 0))
     return out
 
 
-def clay_rich_scans(rng: np.random.Generator, count: int) -> list[tuple[str, np.ndarray, np.ndarray]]:
+def clay_rich_scans(rng: np.random.Generator, count: int,
+                    rendering: int = 0) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """(name, image, pore mask) of synthetic sandstones imaged by :func:`rockseg.synthetic.simulate_ct`.
 
     Their clay is a phase of its own, up to 6 voxels thick and of an intermediate grey with a texture, which a
@@ -90,7 +93,7 @@ def clay_rich_scans(rng: np.random.Generator, count: int) -> list[tuple[str, np.
         clay_grey = pore_grey + float(rng.uniform(35, 90))
         quartz_grey = clay_grey + float(rng.uniform(35, 90))
         image, labels = synthetic_rock(
-            (96, 144, 144), seed=700 + i, grain_radius=(r, r * float(rng.uniform(1.1, 2.2))),
+            (96, 144, 144), seed=700 + count * rendering + i, grain_radius=(r, r * float(rng.uniform(1.1, 2.2))),
             porosity=float(rng.uniform(0.1, 0.35)), grain_elongation=float(rng.uniform(1.0, 2.0)),
             clay_coverage=float(rng.uniform(0.3, 1)), clay_thickness=float(rng.uniform(1, 6)),
             grey=(pore_grey, clay_grey, quartz_grey, float(rng.uniform(quartz_grey, 320))),
@@ -101,7 +104,7 @@ def clay_rich_scans(rng: np.random.Generator, count: int) -> list[tuple[str, np.
         if rng.random() < 0.5:
             image = (image.astype(np.float32) * float(rng.uniform(40, 200)) + float(rng.uniform(500, 20000)))
             image = image.astype(np.uint16)
-        out.append((f"clay-rich-{i}", image, labels == 0))
+        out.append((f"clay-rich-{i}{f'-r{rendering}' if rendering else ''}", image, labels == 0))
     return out
 
 
@@ -121,6 +124,9 @@ def main() -> None:
     parser.add_argument("--init", default=None, help="continue from this model file (e.g. the shipped default) "
                                                      "instead of random weights")
     parser.add_argument("--lr", type=float, default=2e-3, help="initial learning rate of the poly schedule")
+    parser.add_argument("--renderings", type=int, default=1,
+                        help="sets of 36 training volumes: each further set renders Berea again with other scanners "
+                             "and draws new synthetic rocks")
     parser.add_argument("--card", type=Path, default=None, help="attach this JSON model card to --out and stop")
     parser.add_argument("--choose-specks", action="store_true",
                         help="choose --out's speck size on the validation tiles of this recipe (rendered again into "
@@ -138,11 +144,11 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     if args.choose_specks:
         if not (work / "tiles.zarr").exists():
-            render_tiles(work)
+            render_tiles(work, args.renderings)
         choose_specks(args.out, work / "tiles.zarr")
         return
     if not (args.init and (work / "tiles.zarr").exists()):  # the rendering is seeded: the same tiles every time
-        render_tiles(work)
+        render_tiles(work, args.renderings)
     # fresh random patches from the whole training regions every step (sampling "random"), a poly schedule over
     # the time budget and the Euler-aware checkpoint choice: the measured defaults of rockseg train
     network = {"init": args.init} if args.init else {"base_channels": 8, "depth": 4}  # init: its own network
@@ -180,19 +186,24 @@ def choose_specks(model_path: Path, tiles: Path) -> None:
     write_payload(model_path, {**payload, "postprocess": chosen})
 
 
-def render_tiles(work: Path) -> None:
-    """Render the training volumes of the recipe into ``work`` and cut its tile set ``work/tiles.zarr``."""
+def render_tiles(work: Path, renderings: int = 1) -> None:
+    """Render the training volumes of the recipe into ``work`` and cut its tile set ``work/tiles.zarr``.
+
+    ``renderings``: how many sets of 36 volumes; every further set renders Berea's sub-volumes again with other
+    scanners and draws 16 new synthetic sandstones and 12 new clay-rich ones (the first set is the same for any
+    count)."""
     from rockseg.training import make_tiles
 
-    rng = np.random.default_rng(2026)
     pairs, record = [], []
     t0 = time.time()
     rendered = []
-    for k, (name, pore) in enumerate(geometries(rng)):
-        scan = random_scan(rng)
-        image, labels = realistic_scan(pore, scan, seed=1000 + k)
-        rendered.append((name, image, labels == 0, scan.__dict__))
-    rendered += [(name, image, pore, "simulate_ct") for name, image, pore in clay_rich_scans(rng, 12)]
+    for r in range(renderings):
+        rng = np.random.default_rng(2026 + r)
+        for k, (name, pore) in enumerate(geometries(rng, r)):
+            scan = random_scan(rng)
+            image, labels = realistic_scan(pore, scan, seed=1000 + 100 * r + k)
+            rendered.append((name, image, labels == 0, scan.__dict__))
+        rendered += [(name, image, pore, "simulate_ct") for name, image, pore in clay_rich_scans(rng, 12, r)]
     for name, image, pore, scan in rendered:
         img_path, lab_path = work / f"{name}-image.zarr", work / f"{name}-labels.zarr"
         write(img_path, image)
