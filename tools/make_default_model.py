@@ -32,6 +32,7 @@ trained longer on its 36 renderings, it fitted them better and generalised worse
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 from pathlib import Path
@@ -61,14 +62,24 @@ def random_scan(rng: np.random.Generator) -> ScanOptions:
     )
 
 
+@functools.cache
+def berea_training_part() -> np.ndarray:
+    """Berea's pore mask at z < 256, read once however many renderings use it."""
+    return tifffile.imread(BEREA)[:256] == 1
+
+
+def tag(rendering: int) -> str:
+    """The name suffix of a volume of a further rendering (none for the first, whose names stay as they were)."""
+    return f"-r{rendering}" if rendering else ""
+
+
 def geometries(rng: np.random.Generator, rendering: int = 0) -> list[tuple[str, np.ndarray]]:
     """(name, pore mask) of every training geometry of one rendering: Berea's 8 sub-volumes (the same in every
     rendering) and 16 synthetic sandstones (new ones in every rendering)."""
     out = []
-    tag = f"-r{rendering}" if rendering else ""
-    berea = tifffile.imread(BEREA)[:256] == 1
+    berea = berea_training_part()
     for i, (z, y, x) in enumerate((z, y, x) for z in (0, 128) for y in (0, 200) for x in (0, 200)):
-        out.append((f"berea-{i}{tag}", berea[z:z + 128, y:y + 200, x:x + 200]))
+        out.append((f"berea-{i}{tag(rendering)}", berea[z:z + 128, y:y + 200, x:x + 200]))
     for i in range(16):
         r = float(rng.uniform(4, 14))
         lab = synthetic_labels(
@@ -76,7 +87,7 @@ def geometries(rng: np.random.Generator, rendering: int = 0) -> list[tuple[str, 
             porosity=float(rng.uniform(0.08, 0.35)), grain_elongation=float(rng.uniform(1.0, 2.2)),
             clay_coverage=float(rng.uniform(0, 1)), clay_thickness=float(rng.uniform(1, 5)),
         )
-        out.append((f"synthetic-{i}{tag}", lab == 0))
+        out.append((f"synthetic-{i}{tag(rendering)}", lab == 0))
     return out
 
 
@@ -106,7 +117,7 @@ def clay_rich_scans(rng: np.random.Generator, count: int,
         if rng.random() < 0.5:
             image = (image.astype(np.float32) * float(rng.uniform(40, 200)) + float(rng.uniform(500, 20000)))
             image = image.astype(np.uint16)
-        out.append((f"clay-rich-{i}{f'-r{rendering}' if rendering else ''}", image, labels == 0))
+        out.append((f"clay-rich-{i}{tag(rendering)}", image, labels == 0))
     return out
 
 
@@ -188,7 +199,7 @@ def choose_specks(model_path: Path, tiles: Path) -> None:
     write_payload(model_path, {**payload, "postprocess": chosen})
 
 
-def render_tiles(work: Path, renderings: int = 1) -> None:
+def render_tiles(work: Path, renderings: int) -> None:
     """Render the training volumes of the recipe into ``work`` and cut its tile set ``work/tiles.zarr``.
 
     ``renderings``: how many sets of 36 volumes; every further set renders Berea's sub-volumes again with other
