@@ -140,6 +140,8 @@ def main() -> None:
     parser.add_argument("--renderings", type=int, default=3,
                         help="sets of 36 training volumes: each further set renders Berea again with other scanners "
                              "and draws new synthetic rocks")
+    parser.add_argument("--steps-per-epoch", type=int, default=200,
+                        help="training steps between validations (more renderings mean more validation tiles)")
     parser.add_argument("--card", type=Path, default=None, help="attach this JSON model card to --out and stop")
     parser.add_argument("--choose-specks", action="store_true",
                         help="choose --out's speck size on the validation tiles of this recipe (rendered again into "
@@ -166,7 +168,7 @@ def main() -> None:
     # the time budget and the Euler-aware checkpoint choice: the measured defaults of rockseg train
     network = {"init": args.init} if args.init else {"base_channels": 8, "depth": 4}  # init: its own network
     config = TrainConfig(
-        arch="unet", max_minutes=args.minutes, steps_per_epoch=200,
+        arch="unet", max_minutes=args.minutes, steps_per_epoch=args.steps_per_epoch,
         batch_size=4, lr=args.lr, min_lr=2e-5, schedule="poly", loss="ce+dice", augment="strong",
         seed=1 if args.init else 0,  # a continued run draws other patches than the first
         sampling="random", num_threads=args.threads, precision="float32", **network,
