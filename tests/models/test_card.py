@@ -61,6 +61,18 @@ def test_the_default_model_describes_itself():
     assert result.exit_code == 0 and "default for rockseg predict" in result.output
 
 
+def test_the_default_models_card_describes_this_file():
+    """The card is attached by hand after training (``tools/make_default_model.py --card``): it must describe the
+    shipped file's own training run and speck size, not another candidate's or the previous default's."""
+    payload = read_model_file(DEFAULT_MODEL)
+    card, run = payload["card"], payload["training"]
+    text = json.dumps(card)
+    assert f"{run['epochs_run']} epochs, {run['steps']} steps" in text
+    assert f"validation mean IoU {run['best_val_mean_iou']:.3f}" in text
+    assert f"trained on {run['tile_sources']} renderings" in card["summary"]
+    assert f"up to {payload['postprocess']['specks']} voxels" in card["summary"]
+
+
 def test_shipped_models_resolve_by_name():
     from rockseg.models import shipped_models
     from rockseg.vocabulary import SHIPPED_MODELS
