@@ -29,7 +29,8 @@ minutes on a 2-core CPU, realistic about 20, shipped about 5 and finetune about 
 4. ``shipped``: the model ``rockseg predict VOLUME`` uses with no options, on rocks and scanners it never saw:
    icl-mixedwet under three scanners (HARD, HARD16: 16-bit, blurrier, noise correlated further than in
    training, stronger cupping; MILD) and the held-out part of Berea (z >= 272; the shipped model saw z < 256) under
-   two. Pore IoU and pore Euler number against a median + Otsu threshold, and the prediction speed.
+   two. Pore IoU and pore Euler number against a median + Otsu threshold and the noise-free reference of case 3
+   (the rim counts as solid), and the prediction speed.
 5. ``finetune`` (issue 19): ``benchmarks/finetune.py``'s three comparisons, ``--minutes-finetune`` per run: the
    shipped model fine-tuned (``--init default``) against from scratch by test pore IoU per time budget, labels on
    every 10th slice against dense, and ``--arch pix2pix`` against a UNet on sandstone-versa.
@@ -453,6 +454,12 @@ def shipped(work: Path, model: str | None = None) -> list[dict]:
         name = f"shipped-{rock}-{quality}"
         img, lab = write_case(work, name, image, truth, "0=pore,1=solid")
         baseline = physics_table(f"  {rock} {quality}: median + Otsu", median_otsu(image, 2), truth, ["pore", "solid"])
+        if options is not None:  # simulate_ct has no such reference
+            reference = (noise_free_reference(labels, options) != 0).astype(np.uint8)
+            physics_table(f"  {rock} {quality}: noise-free reference (what thresholds of a perfect scanner of this "
+                          "blur get)", reference, truth, ["pore", "solid"])
+            print(f"    topology: pore components / tunnels / cavities: truth {' / '.join(map(str, betti(truth == 0)))}"
+                  f"; reference {' / '.join(map(str, betti(reference == 0)))}", flush=True)
         pred = work / f"{name}-pred.zarr"
         seconds, out = rockseg("predict", img, "-o", pred, "--overwrite", *(("-m", model) if model else ()))
         rate = re.search(r"\(([0-9.]+) Mvoxel/s\)", out)
