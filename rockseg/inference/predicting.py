@@ -177,7 +177,8 @@ def _geometry(payload: dict[str, Any], volume_shape: Sequence[int], config: Pred
     if len(volume_shape) == 2 and axis != 0:
         raise InputError(f"--axis {config.axis}: a 2D image has only the z direction")
     full: Triple = (1, *volume_shape) if len(volume_shape) == 2 else tuple(volume_shape)  # type: ignore[assignment]
-    crop = parse_crop(config.crop, volume_shape) if config.crop else tuple(slice(0, n) for n in volume_shape)
+    crop = (parse_crop(config.crop, volume_shape, volume=volume_name) if config.crop
+            else tuple(slice(0, n) for n in volume_shape))
     if len(volume_shape) == 2:
         crop = (slice(0, 1), *crop)
     shape3: Triple = tuple(c.stop - c.start for c in crop)  # type: ignore[assignment]

@@ -358,7 +358,7 @@ def select_region(
     if crop is None and slices is None:
         return source
     if crop is None or isinstance(crop, str):
-        region = list(parse_crop(crop, source.shape))
+        region = list(parse_crop(crop, source.shape, volume=source.path))
     else:
         region = [slice(*s.indices(n)[:2]) for s, n in zip(crop, source.shape)]
         if len(region) != source.ndim or any(s.stop <= s.start for s in region):

@@ -41,7 +41,7 @@ import zarr.codecs
 
 from rockseg import __version__
 from rockseg.errors import InputError, MissingInputError, OutputExistsError
-from rockseg.vocabulary import COMPRESSORS
+from rockseg.vocabulary import AXES, COMPRESSORS
 
 ATTR_VOXEL_SIZE = "voxel_size"
 ATTR_VOXEL_UNIT = "voxel_unit"
@@ -151,11 +151,14 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def parse_crop(text: str | None, shape: Sequence[int], *, name: str = "--crop") -> tuple[slice, ...]:
+def parse_crop(text: str | None, shape: Sequence[int], *, name: str = "--crop",
+               volume: object = None) -> tuple[slice, ...]:
     """Parse a region ``"Z0:Z1,Y0:Y1,X0:X1"`` (Python slice syntax, empty bounds allowed) into slices.
 
     ``None`` or ``""`` means the whole volume. Bounds may be negative (counted from the end) and are checked
-    against ``shape``.
+    against ``shape``: a bound past the end of its axis is refused, not clipped as Python slices are (``200:400``
+    of a 300-voxel axis is a mistake, and scoring 200:300 in its place would report a region not asked for).
+    ``volume`` names the volume in error messages.
 
     >>> parse_crop("0:10,:,5:", (20, 30, 40))
     (slice(0, 10, None), slice(0, 30, None), slice(5, 40, None))
@@ -179,9 +182,16 @@ def parse_crop(text: str | None, shape: Sequence[int], *, name: str = "--crop") 
             hi = int(bounds[1]) if bounds[1].strip() else n
         except ValueError:
             raise InputError(f"{name} {text!r}: range {part!r} is not START:STOP with integers") from None
+        axis = AXES[len(AXES) - len(shape) + len(out)] if len(shape) <= len(AXES) else str(len(out))
+        if not (-n <= lo <= n and -n <= hi <= n):
+            raise InputError(
+                f"{name} {text!r}: range {part!r} reaches past axis {axis}{f' of {volume}' if volume else ''}, which "
+                f"has {n} voxels: give bounds within -{n}..{n}, or leave one empty for the axis' end"
+            )
         lo, hi, _ = slice(lo, hi).indices(n)
         if hi <= lo:
-            raise InputError(f"{name} {text!r}: range {part!r} is empty for an axis of length {n}")
+            raise InputError(f"{name} {text!r}: range {part!r} is empty for an axis of length {n}"
+                             f"{f' of {volume}' if volume else ''}")
         out.append(slice(lo, hi))
     return tuple(out)
 

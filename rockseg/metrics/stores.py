@@ -54,7 +54,7 @@ def score_stores(
         m, mask = _Labelled(t, unlabelled, m), f"{mask or truth} (truth voxels {unlabelled} are unlabelled)"
     named = parse_phases(phases)
     names = named or phases_of(p) or (phases_of(t) if t is not None else {})
-    region = parse_crop(crop, p.shape) if crop else None
+    region = parse_crop(crop, p.shape, volume=pred) if crop else None
     if report is not None:
         view = parse_report_slice(report_slice, p.shape, region)
         check_report_dir(Path(report), overwrite=overwrite)

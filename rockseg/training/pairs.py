@@ -210,7 +210,7 @@ def _check_source(
             f"drop --axis"
         )
     if isinstance(crop, str):
-        crop = stores.parse_crop(crop, img.shape)
+        crop = stores.parse_crop(crop, img.shape, volume=img_path)
     region = stores.check_crop(crop, img.shape, name=str(img_path))
     extent = patch_extent(size, dims=dims, ndim=img.ndim, slice_axis=slice_axis)
     lengths = tuple(s.stop - s.start for s in region)

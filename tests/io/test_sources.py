@@ -109,6 +109,12 @@ def test_region_errors(tmp_path):
     expect_error(tmp_path, InputError, "--crop '1:2,3:4' has 2 ranges but the volume has 3 axes", tmp_path / "v.npy",
                  crop="1:2,3:4")
     expect_error(tmp_path, InputError, "range '5:5' is empty", tmp_path / "v.npy", crop="5:5,:,:")
+    # a bound past the axis is a mistake, refused (Python slices would clip it and convert a smaller region)
+    expect_error(tmp_path, InputError, r"range '0:8' reaches past axis y of .*v\.npy, which has 6 voxels: give "
+                 r"bounds within -6\.\.6", tmp_path / "v.npy", crop=":,0:8,:")
+    expect_error(tmp_path, InputError, "range '-11:' reaches past axis z", tmp_path / "v.npy", crop="-11:,:,:")
+    expect_error(tmp_path, InputError, "range ':9' reaches past axis x of .*i.npy", tmp_path / "i.npy",
+                 crop=":,:9")
     expect_error(tmp_path, InputError, "--slices '20:30' keeps no plane.*Z has 10 planes", tmp_path / "v.npy",
                  slices="20:30")
     expect_error(tmp_path, InputError, "--slices '0:4:3' keeps no plane .* inside --crop Z range 4:6",

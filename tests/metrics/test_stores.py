@@ -28,6 +28,9 @@ def test_score_stores_equals_score_volumes_and_reads_phase_names(tmp_path):
     want = score_volumes(p, t, phases={0: "pore", 1: "grain"}, crop=(slice(2, 10), slice(0, 12), slice(0, 12)),
                          pred_name=str(tmp_path / "p.zarr"), truth_name=str(tmp_path / "t.zarr"), mask_name="None")
     assert doc == want and [ph["name"] for ph in doc["phases"]] == ["pore", "grain"]
+    # a region past the volume's end is refused: scoring 2:12 in place of 2:20 would report a region not asked for
+    with pytest.raises(InputError, match=r"range '2:20' reaches past axis z of .*p\.zarr, which has 12 voxels"):
+        score_stores(tmp_path / "p.zarr", tmp_path / "t.zarr", crop="2:20,:,:")
 
 
 def test_a_bad_report_option_fails_before_scoring(tmp_path, monkeypatch):
