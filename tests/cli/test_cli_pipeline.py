@@ -28,8 +28,9 @@ def test_pipeline_end_to_end_as_subprocesses(tmp_path):
                    "--base-channels", "4", "--depth", "2", "--epochs", "2", "--max-minutes", "0.3", "--device", "cpu")
     assert proc.returncode == 0, proc.stderr
     preds = {}
-    # --specks 0: the network's labels do not depend on the block edge; speck removal does (pieces touching a
-    # block's shared face are kept, rockseg.specks), and a trained model may have chosen a speck size
+    # the network's labels do not depend on the block edge (nor on which tiles share a batch: TilePool pads partial
+    # batches); speck removal does (pieces touching a block's shared face are kept), hence --specks 0, whatever
+    # speck size the model chose
     for block in (16, 24):
         out = tmp_path / f"pred{block}.zarr"
         # part 0 with the new spelling, part 1 with the old one that job-array scripts already use
