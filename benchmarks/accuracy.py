@@ -411,11 +411,15 @@ def print_betti(title: str, preds: dict[str, Path], lab: Path, z0: int = 0) -> N
     (from z = ``z0`` on)."""
     import zarr
 
-    truth = np.asarray(zarr.open_array(str(lab), mode="r")[z0:]) == 0
-    rows = {"truth": betti(truth)}
-    rows.update({name: betti(np.asarray(zarr.open_array(str(p), mode="r")[z0:]) == 0) for name, p in preds.items()})
+    pores = {"truth": np.asarray(zarr.open_array(str(lab), mode="r")[z0:]) == 0}
+    pores.update({name: np.asarray(zarr.open_array(str(p), mode="r")[z0:]) == 0 for name, p in preds.items()})
+    print_topology(title, pores)
+
+
+def print_topology(title: str, pores: dict[str, np.ndarray]) -> None:
+    """One line: the components, tunnels and cavities of each named pore mask."""
     print(f"{title}: pore components / tunnels / cavities: "
-          + "; ".join(f"{name} {c} / {t} / {v}" for name, (c, t, v) in rows.items()), flush=True)
+          + "; ".join(f"{name} {' / '.join(map(str, betti(pore)))}" for name, pore in pores.items()), flush=True)
 
 
 def without_specks(title: str, img: Path, lab: Path, model: str | Path | None, pred: Path,
@@ -458,8 +462,7 @@ def shipped(work: Path, model: str | None = None) -> list[dict]:
             reference = (noise_free_reference(labels, options) != 0).astype(np.uint8)
             physics_table(f"  {rock} {quality}: noise-free reference (what thresholds of a perfect scanner of this "
                           "blur get)", reference, truth, ["pore", "solid"])
-            print(f"    topology: pore components / tunnels / cavities: truth {' / '.join(map(str, betti(truth == 0)))}"
-                  f"; reference {' / '.join(map(str, betti(reference == 0)))}", flush=True)
+            print_topology("    topology", {"truth": truth == 0, "reference": reference == 0})
         pred = work / f"{name}-pred.zarr"
         seconds, out = rockseg("predict", img, "-o", pred, "--overwrite", *(("-m", model) if model else ()))
         rate = re.search(r"\(([0-9.]+) Mvoxel/s\)", out)

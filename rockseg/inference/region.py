@@ -196,7 +196,7 @@ def predict_region(
     -------
     labels : (z, y, x) uint8 array of the region; probabilities : (C, z, y, x) float32 or None.
     """
-    step, tile = grid.step, grid.tile
+    step = grid.step
     rshape = tuple(r.stop - r.start for r in region)
     labels = buffers.labels(rshape) if buffers is not None else None
     if labels is None:
@@ -218,21 +218,7 @@ def predict_region(
     origins = [k for k in itertools.product(*ks) if keep is None or keep[kept(k)[0]].any()]
     if not origins:
         return labels, None
-    index = grid.input_index(ks)
-    box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in index)
-    shape = tuple(b.stop - b.start for b in box)
-    raw_out = buffers.raw(shape) if buffers is not None else None
-    raw = read(box) if raw_out is None else read(box, out=raw_out)
-    if not all(len(i) == n and i[0] == b.start for i, b, n in zip(index, box, shape)):
-        raw = raw[np.ix_(*(i - b.start for i, b in zip(index, box)))]  # mirrored beyond a face of the volume
-    data = normalize(raw, stats, out=buffers.data(raw.shape) if buffers is not None else None)
-    del raw
-    first = [min(st) for st in starts]
-    tiles = [
-        data[tuple(slice(st[kk - kr.start] - f, st[kk - kr.start] - f + t)
-                   for kk, kr, st, f, t in zip(k, ks, starts, first, tile))]
-        for k in origins
-    ]
+    tiles = _tile_inputs(grid, ks, starts, origins, read=read, stats=stats, buffers=buffers)
 
     def margin(k: Sequence[int]) -> Triple:
         """The margin tile k's results may lack: ``cropped``, or none for a tile clamped at a face of the volume
@@ -262,3 +248,24 @@ def predict_region(
             probs[:, ~keep] = 0
     return labels, probs
 
+
+def _tile_inputs(
+    grid: TileGrid, ks: Sequence[range], starts: list[list[int]], origins: list[tuple[int, ...]], *,
+    read: Callable[..., np.ndarray], stats: dict[str, Any], buffers: BlockBuffers | None,
+) -> list[np.ndarray]:
+    """The normalised input of each tile of ``origins`` (of the tile ranges ``ks``, read from ``starts``), as views
+    of one box read once (mirrored beyond a face of the volume) and normalised once."""
+    index = grid.input_index(ks)
+    box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in index)
+    shape = tuple(b.stop - b.start for b in box)
+    raw_out = buffers.raw(shape) if buffers is not None else None
+    raw = read(box) if raw_out is None else read(box, out=raw_out)
+    if not all(len(i) == n and i[0] == b.start for i, b, n in zip(index, box, shape)):
+        raw = raw[np.ix_(*(i - b.start for i, b in zip(index, box)))]  # mirrored beyond a face of the volume
+    data = normalize(raw, stats, out=buffers.data(raw.shape) if buffers is not None else None)
+    first = [min(st) for st in starts]
+    return [
+        data[tuple(slice(st[kk - kr.start] - f, st[kk - kr.start] - f + t)
+                   for kk, kr, st, f, t in zip(k, ks, starts, first, grid.tile))]
+        for k in origins
+    ]

@@ -172,6 +172,7 @@ def parse_crop(text: str | None, shape: Sequence[int], *, name: str = "--crop",
             f"{name} {text!r} has {len(parts)} ranges but the volume has {len(shape)} axes {shape}: "
             f"give one START:STOP per axis, e.g. {','.join(['0:10'] * len(shape))}"
         )
+    of_volume = f" of {volume}" if volume else ""
     out = []
     for part, n in zip(parts, shape):
         bounds = part.split(":")
@@ -182,16 +183,15 @@ def parse_crop(text: str | None, shape: Sequence[int], *, name: str = "--crop",
             hi = int(bounds[1]) if bounds[1].strip() else n
         except ValueError:
             raise InputError(f"{name} {text!r}: range {part!r} is not START:STOP with integers") from None
-        axis = AXES[len(AXES) - len(shape) + len(out)] if len(shape) <= len(AXES) else str(len(out))
         if not (-n <= lo <= n and -n <= hi <= n):
+            axis = AXES[len(AXES) - len(shape) + len(out)] if len(shape) <= len(AXES) else str(len(out))
             raise InputError(
-                f"{name} {text!r}: range {part!r} reaches past axis {axis}{f' of {volume}' if volume else ''}, which "
-                f"has {n} voxels: give bounds within -{n}..{n}, or leave one empty for the axis' end"
+                f"{name} {text!r}: range {part!r} reaches past axis {axis}{of_volume}, which has {n} voxels: give "
+                f"bounds within -{n}..{n}, or leave one empty for the axis' end"
             )
         lo, hi, _ = slice(lo, hi).indices(n)
         if hi <= lo:
-            raise InputError(f"{name} {text!r}: range {part!r} is empty for an axis of length {n}"
-                             f"{f' of {volume}' if volume else ''}")
+            raise InputError(f"{name} {text!r}: range {part!r} is empty for an axis of length {n}{of_volume}")
         out.append(slice(lo, hi))
     return tuple(out)
 
